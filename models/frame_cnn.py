@@ -1,0 +1,119 @@
+"""Frame CNN: classifies video frames (shot type, scene, location).
+
+A VGG-style stack of conv blocks and a small classifier head. Resizing,
+rescaling and augmentation are layers of the model, so a frame of any size
+with pixel values in [0, 255] goes in and class probabilities come out, in
+training, in evaluation and in the exported SavedModel alike.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def build_frame_cnn(
+    num_classes,
+    input_size=128,
+    filters=(32, 64, 128, 256),
+    convs_per_block=2,
+    kernel_size=3,
+    padding="same",
+    batch_norm=True,
+    pooling="max",
+    head="global_average",
+    dense_units=(),
+    dropout=0.3,
+    augment=True,
+    augment_translation=0.1,
+    augment_zoom=0.1,
+    augment_contrast=0.1,
+    l2=0.0,
+    seed=None,
+):
+    """Builds the frame classifier.
+
+    Args:
+        num_classes: int, number of classes of the softmax output.
+        input_size: int, every frame is resized to `input_size x input_size`.
+        filters: sequence of int, the filters of each conv block. Each block
+            is `convs_per_block` convolutions followed by 2x2 pooling.
+        convs_per_block: int, conv layers per block.
+        kernel_size: int, square kernel size of every convolution.
+        padding: `"same"` or `"valid"`, padding of every convolution.
+        batch_norm: bool, BatchNormalization between each conv and its ReLU.
+        pooling: `"max"` or `"average"`, the 2x2 pooling closing each block.
+        head: `"global_average"` (global average pooling) or `"flatten"`.
+        dense_units: sequence of int, hidden Dense (ReLU) layers of the head.
+        dropout: float, dropout rate before each Dense layer of the head.
+        augment: bool, random flip, translation, zoom and contrast (training only).
+        augment_translation: float, largest shift as a fraction of the frame.
+        augment_zoom: float, largest zoom in or out as a fraction.
+        augment_contrast: float, largest contrast change as a fraction.
+        l2: float, L2 penalty on every kernel (0 disables it).
+        seed: int or None, seed of the augmentation layers.
+
+    Returns:
+        A `keras.Model` taking float frames of shape `(batch, height, width, 3)`
+        with values in [0, 255] (any height and width) and returning class
+        probabilities of shape `(batch, num_classes)`, in float32.
+
+    Example:
+
+    >>> model = build_frame_cnn(num_classes=6, input_size=64, filters=(8, 16))
+    >>> model(keras.ops.zeros((2, 100, 80, 3))).shape
+    (2, 6)
+    """
+    if not filters:
+        raise ValueError("`filters` must name at least one conv block, got an empty list")
+    if padding not in ("same", "valid"):
+        raise ValueError(f'`padding` must be "same" or "valid", got {padding!r}')
+    if pooling not in ("max", "average"):
+        raise ValueError(f'`pooling` must be "max" or "average", got {pooling!r}')
+    if head not in ("global_average", "flatten"):
+        raise ValueError(f'`head` must be "global_average" or "flatten", got {head!r}')
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+
+    inputs = keras.Input(shape=(None, None, 3), name="frames")
+    x = layers.Resizing(input_size, input_size, name="resize")(inputs)
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+    if augment:
+        x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
+        if augment_translation:
+            x = layers.RandomTranslation(
+                augment_translation, augment_translation, fill_mode="reflect", seed=seed, name="augment_translate"
+            )(x)
+        if augment_zoom:
+            x = layers.RandomZoom(augment_zoom, fill_mode="reflect", seed=seed, name="augment_zoom")(x)
+        if augment_contrast:
+            x = layers.RandomContrast(augment_contrast, seed=seed, name="augment_contrast")(x)
+
+    pool = layers.MaxPooling2D if pooling == "max" else layers.AveragePooling2D
+    for b, block_filters in enumerate(filters, start=1):
+        for c in range(1, convs_per_block + 1):
+            x = layers.Conv2D(
+                block_filters,
+                kernel_size,
+                padding=padding,
+                use_bias=not batch_norm,
+                kernel_regularizer=regularizer,
+                activation=None if batch_norm else "relu",
+                name=f"block{b}_conv{c}",
+            )(x)
+            if batch_norm:
+                x = layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
+                x = layers.ReLU(name=f"block{b}_relu{c}")(x)
+        x = pool(2, name=f"block{b}_pool")(x)
+
+    x = layers.GlobalAveragePooling2D(name="gap")(x) if head == "global_average" else layers.Flatten(name="flatten")(x)
+    for i, units in enumerate(dense_units, start=1):
+        if dropout:
+            x = layers.Dropout(dropout, seed=seed, name=f"head_dropout{i}")(x)
+        x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"head_dense{i}")(x)
+    if dropout:
+        x = layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    # Softmax in float32 even under mixed precision: probabilities must sum to one.
+    outputs = layers.Dense(
+        num_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32", name="probabilities"
+    )(x)
+    return keras.Model(inputs, outputs, name="frame_cnn")

@@ -1,0 +1,63 @@
+"""Shared fixtures: a scratch working directory per test, generated images and videos."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # exports must load on CPU; test on CPU
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_frames(tmp_path_factory):
+    """The generated sample frames, made once per test session."""
+    from training.tasks.frames_sample import ensure_sample_frames
+
+    return ensure_sample_frames(tmp_path_factory.mktemp("sample"), train_per_class=24, test_per_class=6, size=48)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Runs the test in an empty working directory (runs/, exports/, mlflow.db land there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def smoke_overrides(sample_frames, workdir):
+    return [f"data.sample_dir={sample_frames.parent}", f"tracking.uri=sqlite:///{workdir}/mlflow.db"]
+
+
+def write_jpeg_folders(root: Path, classes=("a", "b", "c"), per_class=6, size=40, seed=0):
+    """Class-per-folder JPEGs whose classes differ in colour (learnable in a few steps)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            pixels[..., k % 3] += 150
+            (folder / f"{name}{i}.jpg").write_bytes(tf.io.encode_jpeg(pixels).numpy())
+    return root
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600):
+    """Runs `reelml ...` in a child process; returns the CompletedProcess."""
+    full_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "training.cli", *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,67 @@
+"""The frame CNN's contract: shapes, exact parameter counts, the seed architecture."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from models import MODELS
+from models.frame_cnn import build_frame_cnn
+from training.config import load_config
+
+from conftest import CONFIGS
+
+
+def test_registry_is_a_plain_dict():
+    assert MODELS["frame_cnn"] is build_frame_cnn
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 64, 3), (3, 150, 100, 3), (1, 20, 30, 3)])
+def test_any_frame_size_gives_probabilities(shape):
+    model = build_frame_cnn(num_classes=4, input_size=32, filters=(4, 8))
+    probs = keras.ops.convert_to_numpy(model(np.random.uniform(0, 255, shape).astype("float32")))
+    assert probs.shape == (shape[0], 4)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_seed_architecture_is_reproduced_exactly():
+    """Conv 32/64/128 3x3 ReLU + 2x2 max pool each, Flatten, Dense 1024 ReLU, Dense 10 softmax, 224x224x3."""
+    cfg = load_config(CONFIGS / "seed" / "frames.yaml")
+    params = cfg.model.model_dump(exclude={"name"})
+    model = build_frame_cnn(num_classes=10, l2=cfg.train.l2, **params)
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 128]
+    assert all(c.kernel_size == (3, 3) and c.activation.__name__ == "relu" for c in convs)
+    assert sum(isinstance(l, keras.layers.MaxPooling2D) for l in model.layers) == 3
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    assert [(d.units, d.activation.__name__) for d in dense] == [(1024, "relu"), (10, "softmax")]
+    assert not any(isinstance(l, (keras.layers.BatchNormalization, keras.layers.Dropout)) for l in model.layers)
+    # 224 -conv-> 222 -pool-> 111 -> 109 -> 54 -> 52 -> 26; 26*26*128 = 86,528 features into Dense 1024.
+    expected = (3 * 3 * 3 * 32 + 32) + (3 * 3 * 32 * 64 + 64) + (3 * 3 * 64 * 128 + 128) + (86528 * 1024 + 1024) + (1024 * 10 + 10)
+    assert model.count_params() == expected == 88_709_194
+
+
+def test_default_architecture_parameter_count():
+    cfg = load_config(CONFIGS / "frames.yaml")
+    model = build_frame_cnn(num_classes=6, **cfg.model.model_dump(exclude={"name"}))
+    convs = sum(l.count_params() for l in model.layers if isinstance(l, keras.layers.Conv2D))
+    bns = sum(l.count_params() for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
+    widths = [3] + [f for f in cfg.model.filters for _ in range(cfg.model.convs_per_block)]
+    assert convs == sum(9 * a * b for a, b in zip(widths, widths[1:]))  # no biases before batch norm
+    assert bns == 4 * sum(widths[1:])
+    assert model.count_params() == convs + bns + (widths[-1] * 6 + 6)
+
+
+def test_augmentation_only_in_training():
+    model = build_frame_cnn(num_classes=3, input_size=32, filters=(4,), dropout=0.0)
+    x = np.random.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    a, b = model(x, training=False), model(x, training=False)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="pooling"):
+        build_frame_cnn(num_classes=3, pooling="median")
+    with pytest.raises(ValueError, match="filters"):
+        build_frame_cnn(num_classes=3, filters=())

@@ -1,0 +1,139 @@
+"""`reelml train | evaluate | export | predict`.
+
+User errors (a bad config, path, file or ID) end in one readable message on
+stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from training.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow without its C++ start-up chatter, which hides the messages that matter.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach the lines absl prints before it is
+    initialised, so stderr is muted for the import itself. Set
+    TF_CPP_MIN_LOG_LEVEL yourself (0 shows everything) to keep its messages.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow  # noqa: F401
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _config_args(p):
+    p.add_argument("config", help="YAML run config, e.g. configs/frames.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reelml", description="Train, track, export and run reelml models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (resumes an interrupted run)")
+    _config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--fresh", action="store_true", help="start over even if an unfinished run of this config exists")
+
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on its validation and test data")
+    _config_args(p)
+
+    p = sub.add_parser("export", help="export a run's checkpoint as a new SavedModel version")
+    _config_args(p)
+    p.add_argument("--no-verify", action="store_true", help="skip the reload check in a fresh process")
+
+    p = sub.add_parser("predict", help="run an export over images, folders or videos")
+    p.add_argument("export_dir", help="exports/<name> (newest version) or exports/<name>/<version>")
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, or video files")
+    p.add_argument("--output", "-o", help="write results here (.csv or .jsonl); default: CSV on stdout")
+    p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's extension, else csv)")
+    p.add_argument("--every-seconds", type=float, help="video: sample one frame every this many seconds (default 1.0)")
+    p.add_argument("--every-frames", type=int, help="video: sample one frame every this many frames")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per call of the model")
+    p.add_argument("--top-k", type=int, default=1, help="also report the k most likely labels")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as e:
+        print(f"reelml {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"reelml {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    if args.command == "predict":
+        from training.predict import predict
+
+        return predict(args, _import_tensorflow_quietly)
+
+    from training.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # every config error surfaces here, before TF loads
+    if args.command == "train" and args.dry_run:
+        print(cfg.to_yaml(), end="")
+        return 0
+    _import_tensorflow_quietly()
+    if args.command == "train":
+        from training.train import train
+
+        result = train(cfg, fresh=args.fresh)
+        _print_summary(cfg, result)
+        return 0
+    from training import train as train_module
+
+    if args.command == "evaluate":
+        metrics = train_module.evaluate(cfg)
+        for k, v in metrics.items():
+            print(f"{k}: {v:.4f}")
+        return 0
+    if args.command == "export":
+        if args.no_verify:
+            cfg.export.verify = False
+        path = train_module.reexport(cfg)
+        print(f"Exported {path}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _print_summary(cfg, result):
+    print()
+    for k, v in result.test_metrics.items():
+        print(f"{k}: {v:.4f}")
+    if result.run_id:
+        print(f"MLflow run: {result.run_id} in {result.tracking_uri} (browse: mlflow ui --backend-store-uri {result.tracking_uri})")
+    print(f"Run folder: {result.run_dir} (checkpoints, TensorBoard logs, resolved config)")
+    if result.export_dir:
+        export_dir = Path(result.export_dir)
+        print(f"Export: {export_dir}")
+        print(f"  predict: reelml predict {export_dir.parent} FRAMES_OR_VIDEOS...")
+        print(f"  serve:   docker run -p 8501:8501 -v {export_dir.parent.resolve()}:/models/{cfg.name} "
+              f"-e MODEL_NAME={cfg.name} tensorflow/serving")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

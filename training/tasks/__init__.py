@@ -1,0 +1,10 @@
+"""One module per task: its data pipeline, loss and metrics, serving signatures and report.
+
+`TASKS` maps a config's `task` to its module.
+"""
+
+from training.tasks import frames
+
+TASKS = {
+    "frames": frames,
+}
