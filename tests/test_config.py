@@ -119,3 +119,13 @@ def test_dry_run_prints_the_resolved_config(tmp_path):
     assert resolved["train"]["epochs"] == 4 and resolved["name"] == "frames"
     assert validate(resolved) == load_config(CONFIGS / "frames.yaml", ["train.epochs=4"])
     assert not (tmp_path / "runs").exists(), "a dry run must not write anything"
+
+
+def test_config_reference_is_generated_from_the_schema():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_config_docs.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

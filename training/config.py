@@ -88,7 +88,7 @@ class FramesData(_Section):
         None, description="`folders`: the training images, one sub-folder per class (folder name = label)."
     )
     test_dir: Optional[str] = Field(
-        None, description="`folders`: held-out test images in the same class folders; if unset, the validation split is the test set."
+        None, description="`folders`: held-out test images in the same class folders; unset: no test metrics (the report uses validation)."
     )
     tfds_name: Optional[str] = Field(None, description="`tfds`: dataset name, e.g. `imagenette/160px` (needs internet unless prepared).")
     tfds_data_dir: Optional[str] = Field(None, description="`tfds`: a prepared tfds data_dir (works offline).")

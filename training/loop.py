@@ -38,7 +38,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    # The default strategy: one device (the first GPU if any), as model.fit uses it, no extra copies.
+    return tf.distribute.get_strategy()
 
 
 def resolve_precision(name: str) -> str:
@@ -203,19 +204,28 @@ class Loop:
             for metric in self.eval_metrics[1:]:
                 metric.update_state(y, y_pred)
 
-        replica_train_step = tf.function(replica_train_step, jit_compile=jit_compile)
-        replica_eval_step = tf.function(replica_eval_step, jit_compile=jit_compile)
+        if jit_compile:  # XLA compiles the per-replica step; otherwise it is traced inline (one call less per step)
+            replica_train_step = tf.function(replica_train_step, jit_compile=True)
+            replica_eval_step = tf.function(replica_eval_step, jit_compile=True)
+
+        # Metric results are computed inside the compiled call, as model.fit does: no extra
+        # eager ops per step. One step per call unless train.steps_per_execution asks for more.
+        @tf.function
+        def train_step(iterator):
+            strategy.run(replica_train_step, args=next(iterator))
+            return {m.name: m.result() for m in self.train_metrics}
 
         @tf.function
         def train_steps(iterator, n):
             for _ in tf.range(n):
                 strategy.run(replica_train_step, args=next(iterator))
+            return {m.name: m.result() for m in self.train_metrics}
 
         @tf.function
         def eval_step(batch):
             strategy.run(replica_eval_step, args=batch)
 
-        self._train_steps, self._eval_step = train_steps, eval_step
+        self._train_step, self._train_steps, self._eval_step = train_step, train_steps, eval_step
 
     def train_epoch(self, dataset, steps, callbacks, nan_guard=True) -> dict:
         for metric in self.train_metrics:
@@ -225,9 +235,8 @@ class Loop:
         logs = {}
         while done < steps:
             n = min(self.steps_per_execution, steps - done)
-            self._train_steps(iterator, tf.constant(n))
+            logs = self._train_step(iterator) if n == 1 else self._train_steps(iterator, tf.constant(n))
             done += n
-            logs = {m.name: m.result() for m in self.train_metrics}
             if nan_guard and not math.isfinite(float(logs["loss"])):
                 raise TrainingDiverged(f"the training loss became {float(logs['loss'])} at step {done}")
             callbacks.on_train_batch_end(done - 1, logs)

@@ -187,16 +187,21 @@ def _load_tfds(cfg) -> Data:
         builder = tfds.builder(d.tfds_name, data_dir=d.tfds_data_dir)
         if d.tfds_download:
             builder.download_and_prepare()
-        datasets = [builder.as_dataset(split=s, as_supervised=True, shuffle_files=False) for s in splits]
+        info = builder.info
+        image_key, label_key = info.supervised_keys if info.supervised_keys else ("image", "label")
+        label = info.features[label_key] if label_key in info.features else None
+        if label is None or not hasattr(label, "names") or image_key not in info.features:
+            raise UserError(f"data.tfds_name `{d.tfds_name}`: expected an (image, class label) dataset, "
+                            f"found features {list(info.features)}")
+        datasets = [builder.as_dataset(split=s, shuffle_files=False).map(lambda e: (e[image_key], e[label_key]))
+                    for s in splits]
+    except UserError:
+        raise
     except Exception as e:  # tfds raises many types (registry, download, missing files)
         raise UserError(
             f"data.tfds_name `{d.tfds_name}`: could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
             "Without internet, point data.tfds_data_dir at a prepared tfds directory and set data.tfds_download: false"
         ) from None
-    info = builder.info
-    label = info.features[info.supervised_keys[1]] if info.supervised_keys else None
-    if label is None or not hasattr(label, "names"):
-        raise UserError(f"data.tfds_name `{d.tfds_name}`: expected an (image, class label) dataset")
 
     def prepare(ds):
         ds = ds.map(
@@ -241,7 +246,7 @@ def make_loss(cfg, data: Data):
     num_classes = len(data.class_names)
 
     def loss(y_true, y_pred):
-        return crossentropy(tf.one_hot(y_true, num_classes), y_pred)
+        return crossentropy(tf.one_hot(tf.cast(y_true, tf.int32), num_classes), y_pred)
 
     return loss
 
