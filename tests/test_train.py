@@ -220,3 +220,20 @@ print('REPLICAS', tags['hardware.replicas'], 'EPOCHS', len(r.history), 'EXPORT',
     proc = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REPLICAS 2 EPOCHS 2 EXPORT exports/frames-smoke/1" in proc.stdout
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(sample_frames, workdir, monkeypatch):
+    from training.tasks import frames
+
+    real = frames.make_loss
+
+    def poisoned(cfg, data):
+        loss = real(cfg, data)
+        return lambda y_true, y_pred: loss(y_true, y_pred) * float("nan")
+
+    monkeypatch.setattr(frames, "make_loss", poisoned)
+    with pytest.raises(UserError, match=r"training loss became nan at step 1.*Lower train.learning_rate"):
+        train(_smoke(sample_frames, workdir))
+    state = json.loads((workdir / "runs" / "frames-smoke" / "state.json").read_text())
+    assert state["status"] == "running"  # resumable, not marked finished
+    assert mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_run(state["run_id"]).info.status == "FAILED"

@@ -135,10 +135,14 @@ class Tracker:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_figure(self, figure, name: str):
+        """Logs a matplotlib figure as `plots/<name>` and closes it."""
+        import matplotlib.pyplot as plt
+
         if self.enabled:
             import mlflow
 
             mlflow.log_figure(figure, f"plots/{name}")
+        plt.close(figure)
 
     def log_text(self, text: str, name: str):
         if self.enabled:
