@@ -38,7 +38,8 @@ def build_frame_cnn(
         input_size: int, every frame is resized to `input_size x input_size`.
         filters: sequence of int, the filters of each conv block. Each block
             is `convs_per_block` convolutions followed by 2x2 pooling.
-        convs_per_block: int, conv layers per block.
+        convs_per_block: int, conv layers in every block, or a sequence of
+            int with one entry per block (e.g. fewer convs where maps are large).
         kernel_size: int, square kernel size of every convolution.
         padding: `"same"` or `"valid"`, padding of every convolution.
         batch_norm: bool, BatchNormalization between each conv and its ReLU.
@@ -72,6 +73,12 @@ def build_frame_cnn(
         raise ValueError(f'`pooling` must be "max" or "average", got {pooling!r}')
     if head not in ("global_average", "flatten"):
         raise ValueError(f'`head` must be "global_average" or "flatten", got {head!r}')
+    if isinstance(convs_per_block, int):
+        convs_per_block = [convs_per_block] * len(filters)
+    if len(convs_per_block) != len(filters):
+        raise ValueError(
+            f"`convs_per_block` must have one entry per block ({len(filters)}), got {list(convs_per_block)}"
+        )
     regularizer = keras.regularizers.L2(l2) if l2 else None
 
     inputs = keras.Input(shape=(None, None, 3), name="frames")
@@ -89,8 +96,8 @@ def build_frame_cnn(
             x = layers.RandomContrast(augment_contrast, seed=seed, name="augment_contrast")(x)
 
     pool = layers.MaxPooling2D if pooling == "max" else layers.AveragePooling2D
-    for b, block_filters in enumerate(filters, start=1):
-        for c in range(1, convs_per_block + 1):
+    for b, (block_filters, convs) in enumerate(zip(filters, convs_per_block), start=1):
+        for c in range(1, convs + 1):
             x = layers.Conv2D(
                 block_filters,
                 kernel_size,

@@ -66,6 +66,7 @@ BAD = {
     "missing required key": ("seed: 3\n", [], "`name` is required"),
     "name with spaces": ("name: my run\n", [], "`name`"),
     "empty filter list": ("name: x\nmodel:\n  filters: []\n", [], "`model.filters`"),
+    "one entry per block": ("name: x\nmodel:\n  filters: [8, 16]\n  convs_per_block: [1, 2, 3]\n", [], "`model.convs_per_block`: expected one entry per block"),
     "section given a value": ("name: x\ntrain: 5\n", [], "`train`"),
     "rule across keys": ("name: x\ndata:\n  source: folders\n", [], "`data.train_dir` is required when `data.source` is `folders`"),
     "invalid YAML": ("name: x\ntrain: [1, 2\n", [], "not valid YAML"),

@@ -65,3 +65,11 @@ def test_bad_arguments_are_named():
         build_frame_cnn(num_classes=3, pooling="median")
     with pytest.raises(ValueError, match="filters"):
         build_frame_cnn(num_classes=3, filters=())
+
+
+def test_convs_per_block_can_differ_per_block():
+    model = build_frame_cnn(num_classes=3, input_size=32, filters=(4, 8, 16), convs_per_block=(1, 1, 2))
+    names = [l.name for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert names == ["block1_conv1", "block2_conv1", "block3_conv1", "block3_conv2"]
+    with pytest.raises(ValueError, match="one entry per block"):
+        build_frame_cnn(num_classes=3, filters=(4, 8), convs_per_block=(1, 2, 3))

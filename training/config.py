@@ -127,7 +127,9 @@ class FrameCNNModel(_Section):
     filters: list[Annotated[int, Field(ge=1)]] = Field(
         [32, 64, 128, 256], min_length=1, description="Filters of each conv block; each block ends with pooling."
     )
-    convs_per_block: int = Field(2, ge=1, le=8, description="Conv layers in each block (VGG-style stacking).")
+    convs_per_block: Union[Annotated[int, Field(ge=1, le=8)], list[Annotated[int, Field(ge=1, le=8)]]] = Field(
+        2, description="Conv layers in each block (VGG-style stacking): one number for all blocks, or one per block."
+    )
     kernel_size: int = Field(3, ge=1, le=11, description="Square kernel size of every conv.")
     padding: Literal["same", "valid"] = Field("same", description="Conv padding; `valid` (Keras' default) shrinks each map by kernel_size - 1.")
     batch_norm: bool = Field(True, description="BatchNormalization after each conv (faster, steadier training).")
@@ -141,6 +143,16 @@ class FrameCNNModel(_Section):
     augment_translation: float = Field(0.1, ge=0.0, lt=1.0, description="Largest random shift, as a fraction of the frame.")
     augment_zoom: float = Field(0.1, ge=0.0, lt=1.0, description="Largest random zoom in or out, as a fraction.")
     augment_contrast: float = Field(0.1, ge=0.0, lt=1.0, description="Largest random contrast change, as a fraction.")
+
+
+    @model_validator(mode="after")
+    def _one_entry_per_block(self):
+        if isinstance(self.convs_per_block, list) and len(self.convs_per_block) != len(self.filters):
+            raise ValueError(
+                f"key `model.convs_per_block`: expected one entry per block of `model.filters` ({len(self.filters)}), "
+                f"got {self.convs_per_block}"
+            )
+        return self
 
 
 class Train(_Section):
@@ -315,23 +327,28 @@ def _describe_expected(err: dict) -> str:
     return msg[0].lower() + msg[1:]
 
 
+def _clean_loc(loc) -> str:
+    # Union branches show up in the location as tags like `list[int]`: they are not keys.
+    return ".".join(str(p) for p in loc if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p)))
+
+
 def _format_validation_error(e: ValidationError, source: str) -> str:
-    lines = []
+    lines, by_key = [], {}
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        by_key.setdefault(_clean_loc(err["loc"]), []).append(err)
+    for loc, errs in by_key.items():
+        err = errs[0]
         if err["type"] == "value_error":
             msg = err["msg"].removeprefix("Value error, ")
             # Checks across fields name their keys themselves.
             lines.append(f"{source}: {msg}" if msg.startswith("key `") or not loc else f"{source}: key `{loc}`: {msg}")
-            continue
-        if err["type"] == "missing":
+        elif err["type"] == "missing":
             lines.append(f"{source}: key `{loc}` is required")
-            continue
-        if err["type"] == "extra_forbidden":
+        elif err["type"] == "extra_forbidden":
             lines.append(f"{source}: key `{loc}` does not exist (check the spelling; docs/config.md lists every key)")
-            continue
-        bad = err.get("input")
-        lines.append(f"{source}: key `{loc}`: got {bad!r}: {_describe_expected(err)}")
+        else:
+            expected = " or ".join(dict.fromkeys(_describe_expected(x) for x in errs))
+            lines.append(f"{source}: key `{loc}`: got {err.get('input')!r}: {expected}")
     return "\n".join(lines)
 
 
