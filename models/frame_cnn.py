@@ -20,6 +20,7 @@ def build_frame_cnn(
     kernel_size=3,
     padding="same",
     batch_norm=True,
+    batch_norm_momentum=0.99,
     pooling="max",
     head="global_average",
     dense_units=(),
@@ -43,6 +44,8 @@ def build_frame_cnn(
         kernel_size: int, square kernel size of every convolution.
         padding: `"same"` or `"valid"`, padding of every convolution.
         batch_norm: bool, BatchNormalization between each conv and its ReLU.
+        batch_norm_momentum: float, momentum of the moving statistics (lower
+            adapts faster: small datasets have few steps per epoch).
         pooling: `"max"` or `"average"`, the 2x2 pooling closing each block.
         head: `"global_average"` (global average pooling) or `"flatten"`.
         dense_units: sequence of int, hidden Dense (ReLU) layers of the head.
@@ -82,7 +85,8 @@ def build_frame_cnn(
     regularizer = keras.regularizers.L2(l2) if l2 else None
 
     inputs = keras.Input(shape=(None, None, 3), name="frames")
-    x = layers.Resizing(input_size, input_size, name="resize")(inputs)
+    # Antialiased, as the input pipeline resizes: a frame served at full size is seen as in training.
+    x = layers.Resizing(input_size, input_size, antialias=True, name="resize")(inputs)
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     if augment:
         x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
@@ -108,7 +112,7 @@ def build_frame_cnn(
                 name=f"block{b}_conv{c}",
             )(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
+                x = layers.BatchNormalization(momentum=batch_norm_momentum, name=f"block{b}_bn{c}")(x)
                 x = layers.ReLU(name=f"block{b}_relu{c}")(x)
         x = pool(2, name=f"block{b}_pool")(x)
 

@@ -31,9 +31,10 @@ def test_yaml_1_2_scalars():
 
 
 def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
-    cfg = load_config(CONFIGS / "frames.yaml", ["train.learning_rate=3e-4", "train.epochs=7", "model.filters=[8, 16]"])
+    cfg = load_config(CONFIGS / "frames.yaml", ["train.learning_rate=3e-4", "train.epochs=7", "model.filters=[8, 16]",
+                                                "model.convs_per_block=2"])
     assert cfg.train.learning_rate == pytest.approx(3e-4)
-    assert cfg.train.epochs == 7 and cfg.model.filters == [8, 16]
+    assert cfg.train.epochs == 7 and cfg.model.filters == [8, 16] and cfg.model.convs_per_block == 2
 
 
 def test_base_is_resolved_relative_to_the_file():

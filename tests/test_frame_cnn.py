@@ -47,7 +47,10 @@ def test_default_architecture_parameter_count():
     model = build_frame_cnn(num_classes=6, **cfg.model.model_dump(exclude={"name"}))
     convs = sum(l.count_params() for l in model.layers if isinstance(l, keras.layers.Conv2D))
     bns = sum(l.count_params() for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
-    widths = [3] + [f for f in cfg.model.filters for _ in range(cfg.model.convs_per_block)]
+    convs_per_block = cfg.model.convs_per_block
+    if isinstance(convs_per_block, int):
+        convs_per_block = [convs_per_block] * len(cfg.model.filters)
+    widths = [3] + [f for f, n in zip(cfg.model.filters, convs_per_block) for _ in range(n)]
     assert convs == sum(9 * a * b for a, b in zip(widths, widths[1:]))  # no biases before batch norm
     assert bns == 4 * sum(widths[1:])
     assert model.count_params() == convs + bns + (widths[-1] * 6 + 6)

@@ -133,6 +133,9 @@ class FrameCNNModel(_Section):
     kernel_size: int = Field(3, ge=1, le=11, description="Square kernel size of every conv.")
     padding: Literal["same", "valid"] = Field("same", description="Conv padding; `valid` (Keras' default) shrinks each map by kernel_size - 1.")
     batch_norm: bool = Field(True, description="BatchNormalization after each conv (faster, steadier training).")
+    batch_norm_momentum: float = Field(
+        0.99, gt=0.0, lt=1.0, description="Momentum of batch-norm statistics; lower adapts faster (few steps per epoch)."
+    )
     pooling: Literal["max", "average"] = Field("max", description="2x2 pooling closing each block.")
     head: Literal["global_average", "flatten"] = Field(
         "global_average", description="Global average pooling (few parameters) or Flatten (the seed) before the dense layers."
