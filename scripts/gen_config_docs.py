@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from training.config import RunConfig
+from training.config import RUN_CONFIGS, RunConfig
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
@@ -54,9 +54,11 @@ def render() -> str:
         "",
     ]
 
-    def section(model: type[BaseModel], prefix: str):
+    def section(model: type[BaseModel], prefix: str, title: str | None = None, only=None):
         rows, subsections = [], []
         for name, field in model.model_fields.items():
+            if only is not None and name not in only:
+                continue
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 subsections.append((annotation, f"{prefix}{name}"))
@@ -65,13 +67,18 @@ def render() -> str:
             bounds = [f"{k} {getattr(m, k)}" for m in field.metadata for k in ("ge", "gt", "le", "lt") if getattr(m, k, None) is not None]
             rows.append(f"| `{prefix}{name}` | {_type_name(annotation)} | {_default(field)} | {why}"
                         + (f" ({', '.join(bounds)})" if bounds else "") + " |")
-        title = prefix.rstrip(".") or "top level"
-        lines.extend([f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0], "",
+        title = title or f"`{prefix.rstrip('.')}`"
+        lines.extend([f"## {title}", "", (model.__doc__ or "").strip().splitlines()[0], "",
                       "| key | type | default | why |", "| --- | --- | --- | --- |", *rows, ""])
         for sub, name in subsections:
             section(sub, f"{name}.")
 
-    section(RunConfig, "")
+    section(RunConfig, "", title="Every task: top level")
+    for task, run in RUN_CONFIGS.items():
+        lines.extend([f"# Task `{task}`", "", (run.__doc__ or "").strip(), ""])
+        for name in run.model_fields:
+            if name not in RunConfig.model_fields:
+                section(run.model_fields[name].annotation, f"{name}.", title=f"`{name}` (task `{task}`)")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from training.config import RunConfig, load_config, validate, yaml_load
+from training.config import load_config, validate, yaml_load
 from training.errors import ConfigError
 
 from conftest import CONFIGS, run_cli
@@ -17,7 +17,7 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(cfg.to_yaml())
     assert load_config(again) == cfg
-    assert RunConfig.model_validate(yaml.safe_load(cfg.to_yaml())) == cfg
+    assert validate(yaml.safe_load(cfg.to_yaml())) == cfg
 
 
 def test_every_shipped_config_opens_with_its_command():
@@ -61,6 +61,7 @@ BAD = {
     "float for an int": ("name: x\ntrain:\n  epochs: 2.5\n", [], "`train.epochs`"),
     "negative learning rate": ("name: x\ntrain:\n  learning_rate: -1e-3\n", [], "`train.learning_rate`"),
     "fraction out of range": ("name: x\ndata:\n  validation_split: 1.5\n", [], "`data.validation_split`"),
+    "unknown task": ("name: x\ntask: poetry\n", [], "`task`: got 'poetry': expected one of 'frames'"),
     "unknown choice": ("name: x\ntrain:\n  optimizer: rmsprop2\n", [], "`train.optimizer`: got 'rmsprop2'"),
     "YAML 1.1 `no` is not a choice": ("name: x\ndata:\n  on_bad_file: no\n", [], "`data.on_bad_file`: got 'no'"),
     "not a boolean": ("name: x\ntracking:\n  enabled: maybe\n", [], "`tracking.enabled`"),

@@ -217,16 +217,14 @@ class Export(_Section):
 
 
 class RunConfig(_Section):
-    """One training run."""
+    """One training run: the sections every task shares. Each task adds its `data` and `model`."""
 
     name: str = Field(
         ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: names the run folder, the export folder and the MLflow run."
     )
-    task: Literal["frames"] = Field("frames", description="What is learned; picks the data pipeline, metrics and serving signatures.")
+    task: str = Field("frames", description="What is learned (a task below); picks the schema of `data` and `model`, the pipeline, metrics and signatures.")
     seed: int = Field(1234, ge=0, description="Seeds Python, NumPy, TensorFlow and the data split, for reproducible runs.")
     runs_dir: str = Field("runs", description="Checkpoints, TensorBoard logs and the resolved config go to `<runs_dir>/<name>/`.")
-    data: FramesData = Field(default_factory=FramesData, description="Input data.")
-    model: FrameCNNModel = Field(default_factory=FrameCNNModel, description="Architecture.")
     train: Train = Field(default_factory=Train, description="Optimisation.")
     tracking: Tracking = Field(default_factory=Tracking, description="MLflow tracking.")
     export: Export = Field(default_factory=Export, description="SavedModel export.")
@@ -254,6 +252,20 @@ class RunConfig(_Section):
 
         walk("", self.to_dict())
         return out
+
+
+class FramesRun(RunConfig):
+    """A frame-classification run (`task: frames`)."""
+
+    task: Literal["frames"] = Field("frames", description="Classify video frames.")
+    data: FramesData = Field(default_factory=FramesData, description="Input data.")
+    model: FrameCNNModel = Field(default_factory=FrameCNNModel, description="Architecture.")
+
+
+# `task:` picks the schema of the whole file.
+RUN_CONFIGS: dict[str, type[RunConfig]] = {
+    "frames": FramesRun,
+}
 
 
 # --------------------------------------------------------------------------- loading
@@ -378,7 +390,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 
 def validate(data: dict, source: str = "config") -> RunConfig:
+    """Validates a config dict against the schema of its `task` (default `frames`)."""
+    task = data.get("task", "frames")
+    if task not in RUN_CONFIGS:
+        raise ConfigError(f"{source}: key `task`: got {task!r}: expected one of {', '.join(map(repr, RUN_CONFIGS))}")
     try:
-        return RunConfig.model_validate(data)
+        return RUN_CONFIGS[task].model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
