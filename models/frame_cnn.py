@@ -29,6 +29,7 @@ def build_frame_cnn(
     augment_translation=0.1,
     augment_zoom=0.1,
     augment_contrast=0.1,
+    test_time_flip=False,
     l2=0.0,
     seed=None,
 ):
@@ -54,6 +55,9 @@ def build_frame_cnn(
         augment_translation: float, largest shift as a fraction of the frame.
         augment_zoom: float, largest zoom in or out as a fraction.
         augment_contrast: float, largest contrast change as a fraction.
+        test_time_flip: bool, in inference average the probabilities of each
+            frame and its mirror image (twice the inference cost; training is
+            unchanged).
         l2: float, L2 penalty on every kernel (0 disables it).
         seed: int or None, seed of the augmentation layers.
 
@@ -127,4 +131,28 @@ def build_frame_cnn(
     outputs = layers.Dense(
         num_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32", name="probabilities"
     )(x)
-    return keras.Model(inputs, outputs, name="frame_cnn")
+    model = keras.Model(inputs, outputs, name="frame_cnn")
+    return FlipAveraged(model, name="frame_cnn_tta") if test_time_flip else model
+
+
+class FlipAveraged(keras.Model):
+    """In inference, averages a classifier's probabilities for a frame and its mirror image.
+
+    Training calls the classifier once, as it is; only inference (training=False,
+    the exported signatures) pays for the second, mirrored pass.
+
+    Args:
+        classifier: a `keras.Model` from frames `(batch, height, width, 3)` to
+            probabilities `(batch, num_classes)`.
+    """
+
+    def __init__(self, classifier, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+
+    def call(self, frames, training=False):
+        probabilities = self.classifier(frames, training=training)
+        if training:
+            return probabilities
+        mirrored = self.classifier(keras.ops.flip(frames, axis=2), training=False)
+        return (probabilities + mirrored) / 2.0

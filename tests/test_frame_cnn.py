@@ -45,6 +45,8 @@ def test_seed_architecture_is_reproduced_exactly():
 def test_default_architecture_parameter_count():
     cfg = load_config(CONFIGS / "frames.yaml")
     model = build_frame_cnn(num_classes=6, **cfg.model.model_dump(exclude={"name"}))
+    if cfg.model.test_time_flip:  # the mirror-averaging wrapper adds no weights
+        model = model.classifier
     convs = sum(l.count_params() for l in model.layers if isinstance(l, keras.layers.Conv2D))
     bns = sum(l.count_params() for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
     convs_per_block = cfg.model.convs_per_block
@@ -76,3 +78,15 @@ def test_convs_per_block_can_differ_per_block():
     assert names == ["block1_conv1", "block2_conv1", "block3_conv1", "block3_conv2"]
     with pytest.raises(ValueError, match="one entry per block"):
         build_frame_cnn(num_classes=3, filters=(4, 8), convs_per_block=(1, 2, 3))
+
+
+def test_test_time_flip_averages_a_frame_and_its_mirror_in_inference_only():
+    model = build_frame_cnn(num_classes=3, input_size=32, filters=(4, 8), dropout=0.0, augment=False, test_time_flip=True)
+    x = np.random.uniform(0, 255, (2, 40, 40, 3)).astype("float32")
+    inner = model.classifier
+    averaged = keras.ops.convert_to_numpy(model(x, training=False))
+    expected = (keras.ops.convert_to_numpy(inner(x, training=False))
+                + keras.ops.convert_to_numpy(inner(x[:, :, ::-1].copy(), training=False))) / 2
+    np.testing.assert_allclose(averaged, expected, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x[:, :, ::-1].copy(), training=False)), averaged, rtol=1e-4)
+    assert model.count_params() == inner.count_params()

@@ -100,3 +100,10 @@ def test_bad_predict_arguments_exit_2(trained, tmp_path):
     for args, message in cases:
         result = run_cli("predict", *args, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_no_inputs_for_a_frames_export_is_a_clear_error(trained, tmp_path):
+    export_root, _ = trained
+    result = run_cli("predict", export_root, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "give at least one image file, folder of images or video" in result.stderr

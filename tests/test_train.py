@@ -26,7 +26,10 @@ def _metric_steps(uri, run_id, key):
 
 @pytest.mark.parametrize("path", SMOKE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS / "smoke")))
 def test_smoke_config_trains_tracks_and_exports(path, sample_frames, workdir):
-    cfg = load_config(path, smoke_overrides(sample_frames, workdir))
+    task = load_config(path).task
+    overrides = smoke_overrides(sample_frames, workdir) if task == "frames" else [
+        f"data.sample_dir={workdir / 'sample'}", f"tracking.uri=sqlite:///{workdir}/mlflow.db"]
+    cfg = load_config(path, overrides)
     result = train(cfg)
 
     assert len(result.history) == cfg.train.epochs
@@ -34,21 +37,29 @@ def test_smoke_config_trains_tracks_and_exports(path, sample_frames, workdir):
     assert result.export_dir.resolve() == workdir / "exports" / cfg.name / "1"
     assert (result.export_dir / "saved_model.pb").exists()
     meta = export_lib.read_metadata(result.export_dir)
-    assert meta["run_id"] == result.run_id and meta["task"] == "frames" and len(meta["class_names"]) == 5
+    assert meta["run_id"] == result.run_id and meta["task"] == task
+    # What each task's test metrics and report must show.
+    expected = {
+        "frames": (lambda m: len(m["class_names"]) == 5, {"test_accuracy"}, "plots/confusion_matrix.png", "model.filters"),
+        "recommender": (lambda m: m["num_items"] == cfg.data.sample_items, {"test_hr_at_10", "test_ndcg_at_10",
+                        "test_toppop_hr_at_10", "val_hr_at_10"}, "plots/hit_rate_at_k.png", "model.mlp_layers"),
+    }[task]
+    metadata_ok, metric_names, report_plot, model_param = expected
+    assert metadata_ok(meta), meta
 
     client = mlflow.MlflowClient(result.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == str(cfg.train.epochs)
-    assert run.data.params["model.filters"] == str(cfg.model.filters)
+    assert run.data.params[model_param] == str(getattr(cfg.model, model_param.split(".")[1]))
     for tag in ("git.commit", "data.fingerprint", "version.tensorflow", "version.keras", "reelml.config_fingerprint"):
         assert run.data.tags.get(tag), tag
-    assert "test_accuracy" in run.data.metrics
+    assert metric_names <= set(run.data.metrics), set(run.data.metrics)
     assert _metric_steps(result.tracking_uri, result.run_id, "loss") == list(range(1, cfg.train.epochs + 1))
     artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
         a.path for d in ("plots", "export") for a in client.list_artifacts(result.run_id, d)
     }
-    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png", "export/saved_model.pb"} <= artifacts
+    assert {"config.yaml", "plots/learning_curves.png", report_plot, "export/saved_model.pb"} <= artifacts
     assert (workdir / "runs" / cfg.name / "config.yaml").read_text() == cfg.to_yaml()
     assert list((workdir / "runs" / cfg.name / "tensorboard" / "train").iterdir())
 

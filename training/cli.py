@@ -61,15 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip the reload check in a fresh process")
 
-    p = sub.add_parser("predict", help="run an export over images, folders or videos")
+    p = sub.add_parser("predict", help="run an export: frames over images, folders or videos; recommendations for users")
     p.add_argument("export_dir", help="exports/<name> (newest version) or exports/<name>/<version>")
-    p.add_argument("inputs", nargs="+", help="image files, folders of images, or video files")
+    p.add_argument("inputs", nargs="*", help="frames: image files, folders of images, or video files")
     p.add_argument("--output", "-o", help="write results here (.csv or .jsonl); default: CSV on stdout")
     p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's extension, else csv)")
     p.add_argument("--every-seconds", type=float, help="video: sample one frame every this many seconds (default 1.0)")
     p.add_argument("--every-frames", type=int, help="video: sample one frame every this many frames")
     p.add_argument("--batch-size", type=int, default=64, help="frames per call of the model")
     p.add_argument("--top-k", type=int, default=1, help="also report the k most likely labels")
+    p.add_argument("--user", action="append", metavar="USER_ID", help="recommender: recommend to this user (repeatable)")
+    p.add_argument("--users-file", metavar="FILE", help="recommender: recommend to every user ID in FILE (one per line)")
+    p.add_argument("--similar-to", action="append", metavar="ITEM_ID", help="recommender: items similar to this one (repeatable)")
+    p.add_argument("-k", type=int, default=10, help="recommender: items per user or per item (default 10)")
     return parser
 
 
@@ -130,7 +134,8 @@ def _print_summary(cfg, result):
     if result.export_dir:
         export_dir = Path(result.export_dir)
         print(f"Export: {export_dir}")
-        print(f"  predict: reelml predict {export_dir.parent} FRAMES_OR_VIDEOS...")
+        inputs = {"recommender": "--user USER_ID -k 10"}.get(cfg.task, "FRAMES_OR_VIDEOS...")
+        print(f"  predict: reelml predict {export_dir.parent} {inputs}")
         print(f"  serve:   docker run -p 8501:8501 -v {export_dir.parent.resolve()}:/models/{cfg.name} "
               f"-e MODEL_NAME={cfg.name} tensorflow/serving")
 

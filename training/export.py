@@ -122,7 +122,8 @@ def export(model, endpoints: dict, root: Path, metadata: dict, config_yaml: str,
     """Writes the next version of an export atomically and returns its folder.
 
     Args:
-        model: the Keras model (tracked, so its variables are saved once).
+        model: the Keras model (tracked, so its variables are saved once), or a
+            layer holding it together with the lookup tables its endpoints use.
         endpoints: `{signature name: (fn, [tf.TensorSpec(name=...)])}`; the one
             named `serving_default` is what TF Serving calls by default.
         root: `<export.dir>/<name>`.

@@ -177,12 +177,15 @@ def _progress_verbosity() -> int:
 class Loop:
     """Compiled train and eval steps for one model under one strategy."""
 
-    def __init__(self, model, optimizer, loss_fn, make_metrics, strategy, jit_compile=False, steps_per_execution=1):
+    def __init__(self, model, optimizer, loss_fn, make_metrics, strategy, jit_compile=False, steps_per_execution=1,
+                 make_eval_metrics=None):
+        # `make_eval_metrics`: when evaluation measures something training cannot (ranking a held-out item
+        # among candidates), its own metrics; else the training ones.
         self.model, self.optimizer, self.loss_fn, self.strategy = model, optimizer, loss_fn, strategy
         self.steps_per_execution = steps_per_execution
         with strategy.scope():
             self.train_metrics = [keras.metrics.Mean(name="loss")] + make_metrics()
-            self.eval_metrics = [keras.metrics.Mean(name="loss")] + make_metrics()
+            self.eval_metrics = [keras.metrics.Mean(name="loss")] + (make_eval_metrics or make_metrics)()
 
         def replica_train_step(x, y):
             with tf.GradientTape() as tape:
@@ -250,6 +253,16 @@ class Loop:
         return {f"{prefix}{m.name}": float(m.result()) for m in self.eval_metrics}
 
 
+def _monitored(loop: Loop, train_cfg, has_validation: bool) -> tuple[str, int]:
+    """The metric that picks the best epoch, and +1 (lower is better) or -1 (higher is better)."""
+    if not has_validation:  # nothing held out: the training loss is all there is
+        return "loss", 1
+    names = [f"val_{m.name}" for m in loop.eval_metrics]
+    if train_cfg.monitor not in names:
+        raise UserError(f"train.monitor `{train_cfg.monitor}`: not a validation metric of this run (expected one of {', '.join(names)})")
+    return train_cfg.monitor, 1 if train_cfg.monitor_mode == "min" else -1
+
+
 def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_epoch_end=None) -> list[dict]:
     """Trains for `train_cfg.epochs` epochs, resuming from the last checkpoint.
 
@@ -270,9 +283,9 @@ def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_
     steps = epoch_steps(data, train_cfg)
     train_ds = strategy.experimental_distribute_dataset(data.train)
     val_ds = strategy.experimental_distribute_dataset(data.validation) if data.validation is not None else None
-    monitor = "val_loss" if val_ds is not None else "loss"
-    best = min((h[monitor] for h in history), default=math.inf)
-    since_best = len(history) - 1 - min(range(len(history)), key=lambda i: history[i][monitor]) if history else 0
+    monitor, sign = _monitored(loop, train_cfg, val_ds is not None)
+    best = min((sign * h[monitor] for h in history), default=math.inf)
+    since_best = len(history) - 1 - min(range(len(history)), key=lambda i: sign * history[i][monitor]) if history else 0
 
     callback_list = keras.callbacks.CallbackList(
         list(callbacks), add_progbar=True, model=model, verbose=_progress_verbosity(), epochs=train_cfg.epochs, steps=steps
@@ -289,8 +302,8 @@ def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_
             logs.update(loop.evaluate(val_ds, prefix="val_"))
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(loop.optimizer.learning_rate))
         history.append(logs)
-        if logs[monitor] < best:
-            best, since_best = logs[monitor], 0
+        if sign * logs[monitor] < best:
+            best, since_best = sign * logs[monitor], 0
             checkpoints.save_best(epoch + 1)
         else:
             since_best += 1

@@ -1,4 +1,5 @@
-"""`reelml predict EXPORT_DIR INPUT...`: run an export and write one row per input as CSV or JSON lines.
+"""`reelml predict EXPORT_DIR [INPUT... | --user U | --users-file F | --similar-to ITEM]`: run an export and
+write one row per result as CSV or JSON lines.
 
 The export is loaded with `tf.saved_model.load`, exactly as a server would; the
 task recorded in its `assets.extra/reelml.json` decides how inputs are read.
@@ -55,7 +56,7 @@ def predict(args, import_tensorflow) -> int:
                 out.write(json.dumps(row) + "\n")
             else:
                 if writer is None:
-                    fields = ["source", "frame", "timecode", "label", "confidence"] + (["top_k"] if "top_k" in row else [])
+                    fields = task.csv_fields(row)
                     writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
                     writer.writeheader()
                 writer.writerow(row)

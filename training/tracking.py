@@ -171,10 +171,12 @@ def learning_curves(history: list[dict]):
     import matplotlib.pyplot as plt
 
     names = [k for k in history[0] if not k.startswith("val_") and k != "learning_rate"]
+    names += [k[4:] for k in history[0] if k.startswith("val_") and k[4:] not in names]  # measured on validation only
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
     epochs = range(1, len(history) + 1)
     for ax, name in zip(axes[0], names):
-        ax.plot(epochs, [h[name] for h in history], label="train")
+        if name in history[0]:
+            ax.plot(epochs, [h[name] for h in history], label="train")
         if f"val_{name}" in history[0]:
             ax.plot(epochs, [h[f"val_{name}"] for h in history], label="validation")
         ax.set_xlabel("epoch")

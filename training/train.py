@@ -90,6 +90,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
         steps = loop.Loop(
             model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy,
             jit_compile=loop.resolve_jit(cfg.train.jit_compile), steps_per_execution=cfg.train.steps_per_execution,
+            make_eval_metrics=lambda: task.make_eval_metrics(cfg, data),
         )
         checkpoints = loop.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints, chief)
 
@@ -99,7 +100,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         tracker.set_tags({"data.fingerprint": data.fingerprint, "hardware.precision": precision,
                           "hardware.strategy": type(strategy).__name__, "hardware.replicas": str(strategy.num_replicas_in_sync),
-                          **{f"data.{k}_frames": str(v) for k, v in data.counts.items()}})
+                          **task.data_tags(data)})
         tracker.log_text(cfg.to_yaml(), "config.yaml")
 
         try:
@@ -143,12 +144,12 @@ def export_run(cfg, task, model, data, run_id, history=(), test_metrics=None) ->
 def _write_export(cfg, task, model, data, run_id, history, test_metrics) -> Path:
     from training import export
 
-    metadata = {"task": cfg.task, "name": cfg.name, "run_id": run_id, "class_names": data.class_names,
+    metadata = {"task": cfg.task, "name": cfg.name, "run_id": run_id, **task.export_metadata(cfg, data),
                 "data_fingerprint": data.fingerprint, "config_fingerprint": cfg.fingerprint(),
                 "epochs_trained": len(history), "test_metrics": test_metrics or {}}
-    endpoints = task.serving_endpoints(cfg, model, data.class_names)
+    tracked, endpoints = task.serving_endpoints(cfg, model, data)
     verify = task.verification_inputs(cfg, data) if cfg.export.verify else None
-    return export.export(model, endpoints, Path(cfg.export.dir) / cfg.name, metadata, cfg.to_yaml(), verify)
+    return export.export(tracked, endpoints, Path(cfg.export.dir) / cfg.name, metadata, cfg.to_yaml(), verify)
 
 
 def _restore(cfg: RunConfig):
@@ -171,7 +172,8 @@ def _restore(cfg: RunConfig):
     history = checkpoints.restore()
     if cfg.train.restore_best and data.validation is not None:
         checkpoints.restore_best()
-    steps = loop.Loop(model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy)
+    steps = loop.Loop(model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy,
+                      make_eval_metrics=lambda: task.make_eval_metrics(cfg, data))
     state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
     return task, data, model, steps, history, state.get("run_id")
 

@@ -3,8 +3,9 @@
 `TASKS` maps a config's `task` to its module.
 """
 
-from training.tasks import frames
+from training.tasks import frames, recommender
 
 TASKS = {
     "frames": frames,
+    "recommender": recommender,
 }

@@ -257,6 +257,20 @@ def make_metrics(cfg, data: Data):
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
+def make_eval_metrics(cfg, data: Data):
+    return make_metrics(cfg, data)
+
+
+def data_tags(data: Data) -> dict:
+    """Run tags describing the data: frames per split, skipped files."""
+    return {f"data.{k}_frames": str(v) for k, v in data.counts.items()}
+
+
+def export_metadata(cfg, data: Data) -> dict:
+    """What `assets.extra/reelml.json` records for `reelml predict`: the class names."""
+    return {"class_names": data.class_names}
+
+
 # --------------------------------------------------------------------------- serving
 
 
@@ -271,9 +285,11 @@ def _outputs(model, pixels, class_names):
     }
 
 
-def serving_endpoints(cfg, model, class_names):
-    """The export's signatures: `serving_default` (encoded images) and `classify_pixels` (decoded uint8)."""
+def serving_endpoints(cfg, model, data: Data):
+    """What the export tracks (the model) and its signatures: `serving_default` (encoded images) and
+    `classify_pixels` (decoded uint8)."""
     size = cfg.model.input_size
+    class_names = data.class_names
 
     def decode_one(data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -286,7 +302,7 @@ def serving_endpoints(cfg, model, class_names):
     def classify_pixels(pixels):
         return _outputs(model, tf.cast(pixels, tf.float32), class_names)
 
-    return {
+    return model, {
         "serving_default": (classify_images, [tf.TensorSpec([None], tf.string, name="images")]),
         "classify_pixels": (classify_pixels, [tf.TensorSpec([None, None, None, 3], tf.uint8, name="pixels")]),
     }
@@ -386,6 +402,11 @@ def _video_frames(path, every_seconds, every_frames):
                 yield index, seconds, frame.to_ndarray(format="rgb24")
 
 
+def csv_fields(row) -> list[str]:
+    """CSV columns of `reelml predict` (images and video frames share them)."""
+    return ["source", "frame", "timecode", "label", "confidence"] + (["top_k"] if "top_k" in row else [])
+
+
 def _rows(outputs, class_names, top_k, sources):
     probabilities = outputs["probabilities"].numpy()
     for i, source in enumerate(sources):
@@ -407,6 +428,8 @@ def predict(loaded, metadata, args, report):
         raise UserError("--every-seconds and --every-frames: give one of them, not both")
     if (args.every_seconds is not None and args.every_seconds <= 0) or (args.every_frames is not None and args.every_frames < 1):
         raise UserError("--every-seconds must be > 0 and --every-frames >= 1")
+    if not args.inputs:
+        raise UserError("give at least one image file, folder of images or video to classify")
     class_names = metadata["class_names"]
     classify_images, classify_pixels = loaded.signatures["serving_default"], loaded.signatures["classify_pixels"]
     images, videos = _expand_inputs(args.inputs)
