@@ -27,7 +27,7 @@ def trained(sample_frames, tmp_path_factory):
         result = train(load_config(CONFIGS / "smoke" / "frames.yaml", smoke_overrides(sample_frames, workdir)))
     finally:
         os.chdir(cwd)
-    return workdir / "exports" / "frames-smoke", sample_frames
+    return workdir / result.export_dir.parent, sample_frames
 
 
 def write_video(path, seconds=3, fps=10, size=(64, 48)):

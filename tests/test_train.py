@@ -15,7 +15,7 @@ from training.config import load_config
 from training.errors import UserError
 from training.train import train
 
-from conftest import CONFIGS, REPO, smoke_overrides, write_jpeg_folders
+from conftest import CONFIGS, smoke_overrides, write_jpeg_folders
 
 SMOKE_CONFIGS = sorted((CONFIGS / "smoke").rglob("*.yaml"))
 
