@@ -456,12 +456,8 @@ def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> None
 
 
 def _describe_expected(err: dict) -> str:
-    ctx = err.get("ctx") or {}
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return "this key does not exist"
-    if kind == "literal_error":
-        return f"expected one of {ctx.get('expected')}"
+    if err["type"] == "literal_error":
+        return f"expected one of {(err.get('ctx') or {}).get('expected')}"
     msg = err["msg"]
     return msg[0].lower() + msg[1:]
 
