@@ -3,10 +3,15 @@
 `MODELS` maps the `model.name` of a config to the function that builds it.
 """
 
+from models.autoencoder import build_conv_autoencoder, build_dense_autoencoder
+from models.dialogue_rnn import build_dialogue_rnn
 from models.frame_cnn import build_frame_cnn
 from models.ncf import build_gmf, build_mlp, build_neumf, build_seed_cf
 
 MODELS = {
+    "conv_autoencoder": build_conv_autoencoder,
+    "dense_autoencoder": build_dense_autoencoder,
+    "dialogue_rnn": build_dialogue_rnn,
     "frame_cnn": build_frame_cnn,
     "gmf": build_gmf,
     "mlp": build_mlp,

@@ -21,6 +21,7 @@ def build_frame_cnn(
     padding="same",
     batch_norm=True,
     batch_norm_momentum=0.99,
+    sync_batch_norm=True,
     pooling="max",
     head="global_average",
     dense_units=(),
@@ -47,6 +48,10 @@ def build_frame_cnn(
         batch_norm: bool, BatchNormalization between each conv and its ReLU.
         batch_norm_momentum: float, momentum of the moving statistics (lower
             adapts faster: small datasets have few steps per epoch).
+        sync_batch_norm: bool, batch statistics over the global batch, summed
+            across replicas and workers, so N replicas train like one device
+            with the same global batch (`False`: per-replica statistics, one
+            all-reduce less per layer and step).
         pooling: `"max"` or `"average"`, the 2x2 pooling closing each block.
         head: `"global_average"` (global average pooling) or `"flatten"`.
         dense_units: sequence of int, hidden Dense (ReLU) layers of the head.
@@ -90,7 +95,7 @@ def build_frame_cnn(
 
     inputs = keras.Input(shape=(None, None, 3), name="frames")
     # Antialiased, as the input pipeline resizes: a frame served at full size is seen as in training.
-    x = layers.Resizing(input_size, input_size, antialias=True, name="resize")(inputs)
+    x = ResizeIfNeeded(input_size, input_size, antialias=True, name="resize")(inputs)
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     if augment:
         x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
@@ -116,7 +121,9 @@ def build_frame_cnn(
                 name=f"block{b}_conv{c}",
             )(x)
             if batch_norm:
-                x = layers.BatchNormalization(momentum=batch_norm_momentum, name=f"block{b}_bn{c}")(x)
+                x = layers.BatchNormalization(
+                    momentum=batch_norm_momentum, synchronized=sync_batch_norm, name=f"block{b}_bn{c}"
+                )(x)
                 x = layers.ReLU(name=f"block{b}_relu{c}")(x)
         x = pool(2, name=f"block{b}_pool")(x)
 
@@ -133,6 +140,20 @@ def build_frame_cnn(
     )(x)
     model = keras.Model(inputs, outputs, name="frame_cnn")
     return FlipAveraged(model, name="frame_cnn_tta") if test_time_flip else model
+
+
+class ResizeIfNeeded(layers.Resizing):
+    """`keras.layers.Resizing` that passes frames already at the target size through untouched.
+
+    Training batches arrive at `input_size` (the input pipeline resizes them), so
+    the training step has no resize op, and stays XLA-compilable: antialiased
+    resizing has no XLA kernel. Frames of any other (or unknown) size are resized.
+    """
+
+    def call(self, inputs):
+        if inputs.shape[-3] == self.height and inputs.shape[-2] == self.width:
+            return inputs
+        return super().call(inputs)
 
 
 class FlipAveraged(keras.Model):

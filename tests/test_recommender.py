@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from training.config import load_config
+from training.epochs import set_epoch
 from training.errors import ConfigError, UserError
 from training.tasks import recommender as rec
 from training.train import train
@@ -194,7 +195,8 @@ def test_training_negatives_avoid_positives_and_change_every_epoch():
     ds = rec.train_dataset(s, negatives=4, batch_size=64, seed=7)
     positives = _pairs(s.train_users, s.train_items)
     epochs = []
-    for _ in range(2):
+    for epoch in (0, 1, 0):  # the loop sets the epoch; a restart that redoes epoch 0 sees its negatives again
+        set_epoch(epoch)
         negs, seen_positives = [], []
         for x, y in ds:
             users, items = x["user"].numpy(), x["item"].numpy()
@@ -206,6 +208,22 @@ def test_training_negatives_avoid_positives_and_change_every_epoch():
         assert sorted(seen_positives) == sorted(positives)  # every positive once per epoch
         epochs.append(np.concatenate(negs))
     assert not np.array_equal(epochs[0], epochs[1])
+    assert np.array_equal(epochs[0], epochs[2])
+
+
+def test_recency_weight_favours_each_users_latest_training_interactions():
+    log = _log(n_users=5, per_user=12)
+    s = rec.make_split(log, negatives=20, seed=0, recency_weight=2.0)
+    times = dict(zip(zip(log.users, log.items), log.timestamp))
+    assert s.train_weights.mean() == pytest.approx(1.0, rel=1e-5)
+    for u in range(5):
+        rows = np.flatnonzero(s.train_users == u)
+        t = [times[(s.user_ids[u], s.item_ids[i])] for i in s.train_items[rows]]
+        w = s.train_weights[rows][np.argsort(t)]
+        assert np.all(np.diff(w) > 0)  # later interactions weigh more
+        assert w[-1] / w[0] == pytest.approx(np.exp(2.0 * 9 / 11), rel=1e-4)  # places 0 .. 9 of 0 .. 11
+    with pytest.raises(UserError, match="data.recency_weight: the data has no timestamps"):
+        rec.make_split(_log(timestamps=False), negatives=20, recency_weight=1.0)
 
 
 def test_per_interaction_weights_reach_the_batches_with_mean_one():

@@ -27,8 +27,8 @@ def _metric_steps(uri, run_id, key):
 @pytest.mark.parametrize("path", SMOKE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS / "smoke")))
 def test_smoke_config_trains_tracks_and_exports(path, sample_frames, workdir):
     task = load_config(path).task
-    overrides = smoke_overrides(sample_frames, workdir) if task == "frames" else [
-        f"data.sample_dir={workdir / 'sample'}", f"tracking.uri=sqlite:///{workdir}/mlflow.db"]
+    overrides = smoke_overrides(sample_frames, workdir) if task in ("frames", "autoencoder") else [
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db"] + ([f"data.sample_dir={workdir / 'sample'}"] if task == "recommender" else [])
     cfg = load_config(path, overrides)
     result = train(cfg)
 
@@ -43,6 +43,10 @@ def test_smoke_config_trains_tracks_and_exports(path, sample_frames, workdir):
         "frames": (lambda m: len(m["class_names"]) == 5, {"test_accuracy"}, "plots/confusion_matrix.png", "model.filters"),
         "recommender": (lambda m: m["num_items"] == cfg.data.sample_items, {"test_hr_at_10", "test_ndcg_at_10",
                         "test_toppop_hr_at_10", "val_hr_at_10"}, "plots/hit_rate_at_k.png", "model.mlp_layers"),
+        "autoencoder": (lambda m: m["code_size"] == cfg.model.code_size, {"test_loss", "anomaly_threshold",
+                        "val_anomaly_rate"}, "plots/anomaly_scores.png", "model.code_size"),
+        "dialogue": (lambda m: m["level"] == cfg.data.level and m["vocab_size"] > 2, {"val_perplexity",
+                     "val_loss_second_half"}, "plots/loss_by_position.png", "model.units"),
     }[task]
     metadata_ok, metric_names, report_plot, model_param = expected
     assert metadata_ok(meta), meta

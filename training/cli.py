@@ -11,9 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from training.errors import UserError
+from training.errors import Preempted, UserError
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if the signal had ended the process
 
 
 def _import_tensorflow_quietly():
@@ -63,17 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="run an export: frames over images, folders or videos; recommendations for users")
     p.add_argument("export_dir", help="exports/<name> (newest version) or exports/<name>/<version>")
-    p.add_argument("inputs", nargs="*", help="frames: image files, folders of images, or video files")
+    p.add_argument("inputs", nargs="*", help="frames: image files, folders of images, or video files; "
+                   "feature-row autoencoders: .csv, .parquet or .npy tables")
     p.add_argument("--output", "-o", help="write results here (.csv or .jsonl); default: CSV on stdout")
     p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's extension, else csv)")
     p.add_argument("--every-seconds", type=float, help="video: sample one frame every this many seconds (default 1.0)")
     p.add_argument("--every-frames", type=int, help="video: sample one frame every this many frames")
     p.add_argument("--batch-size", type=int, default=64, help="frames per call of the model")
-    p.add_argument("--top-k", type=int, default=1, help="also report the k most likely labels")
+    p.add_argument("--top-k", type=int, help="frames: also report the k most likely labels; dialogue: sample among the "
+                   "k likeliest tokens (0: all)")
     p.add_argument("--user", action="append", metavar="USER_ID", help="recommender: recommend to this user (repeatable)")
     p.add_argument("--users-file", metavar="FILE", help="recommender: recommend to every user ID in FILE (one per line)")
     p.add_argument("--similar-to", action="append", metavar="ITEM_ID", help="recommender: items similar to this one (repeatable)")
-    p.add_argument("-k", type=int, default=10, help="recommender: items per user or per item (default 10)")
+    p.add_argument("-k", type=int, default=10, help="recommender: items per user or per item; dialogue --next: tokens (default 10)")
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="dialogue: continue this text (repeatable; \"\" starts a speech)")
+    p.add_argument("--next", action="store_true", help="dialogue: the k likeliest next tokens of each prompt and their probabilities")
+    p.add_argument("--max-tokens", type=int, help="dialogue: tokens to generate per prompt (default: the run's samples.max_tokens)")
+    p.add_argument("--temperature", type=float, help="dialogue: sampling temperature, 0 = always the likeliest token (default: the run's)")
+    p.add_argument("--seed", type=int, help="dialogue: sampling seed; the same seed gives the same text (default: random, printed)")
+    p.add_argument("--embed", metavar="FILE", help="autoencoder: also write each input's embedding to FILE (.parquet, .npy or .csv)")
+    p.add_argument("--anomalies", action="store_true", help="autoencoder: list only the inputs flagged as anomalies, with their scores")
     return parser
 
 
@@ -84,6 +94,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"reelml {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Preempted as e:  # SIGTERM from a scheduler: the checkpoint is saved; a requeued job resumes it
+        print(f"reelml {args.command}: {e}; run the same command again to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print(f"reelml {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -134,7 +147,10 @@ def _print_summary(cfg, result):
     if result.export_dir:
         export_dir = Path(result.export_dir)
         print(f"Export: {export_dir}")
-        inputs = {"recommender": "--user USER_ID -k 10"}.get(cfg.task, "FRAMES_OR_VIDEOS...")
+        inputs = {"recommender": "--user USER_ID -k 10", "dialogue": '--prompt "ROMEO:" --seed 1'}.get(cfg.task, "FRAMES_OR_VIDEOS...")
+        if cfg.task == "autoencoder":
+            table = cfg.data.source in ("table", "sample_table")
+            inputs = ("ROWS.csv" if table else "FRAMES_OR_VIDEOS...") + " --anomalies [--embed embeddings.parquet]"
         print(f"  predict: reelml predict {export_dir.parent} {inputs}")
         print(f"  serve:   docker run -p 8501:8501 -v {export_dir.parent.resolve()}:/models/{cfg.name} "
               f"-e MODEL_NAME={cfg.name} tensorflow/serving")

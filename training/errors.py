@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """The run config is not valid: the message names the file or dotted key."""
+
+
+class Preempted(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler preempting the job) and training stopped after checkpointing."""

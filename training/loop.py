@@ -3,9 +3,12 @@
 Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy` on TF 2.21
 (keras#20585), so the step runs through `strategy.run` in this small loop, and
 everything else is Keras: layers, optimizer, losses, metrics, the progress bar
-and callbacks. Checkpoints hold the model, the optimizer, the epoch counter and
-the per-epoch history together, so a run killed at any moment resumes from the
-last checkpoint by running the same command again.
+and callbacks. Checkpoints hold the model, the optimizer, the RNG and metric
+state, the epoch and step counters and the per-epoch history together, so a run
+killed at any moment resumes from the last checkpoint by running the same
+command again, and ends with the weights an uninterrupted run would have. SIGTERM
+(a scheduler preempting the job) makes every worker checkpoint the same step and
+stop (`Preempted`).
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
+import signal
 import sys
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from training.errors import UserError
+from training.epochs import set_epoch
+from training.errors import Preempted, UserError
 
 
 class TrainingDiverged(Exception):
@@ -29,17 +36,49 @@ class TrainingDiverged(Exception):
 # --------------------------------------------------------------------------- hardware
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy for `train.strategy`."""
+def cluster_resolver(train_cfg=None):
+    """Where the workers are: TF_CONFIG, else a SLURM job step with several tasks, else `train.cluster_workers`.
+
+    Returns None when nothing describes a cluster of more than one worker.
+    """
+    resolvers = tf.distribute.cluster_resolver
+    if os.environ.get("TF_CONFIG"):
+        try:
+            config = json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as e:
+            raise UserError(f"TF_CONFIG: not valid JSON ({e})") from None
+        if sum(len(v) for v in config.get("cluster", {}).values()) > 1:
+            return resolvers.TFConfigClusterResolver()
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return resolvers.SlurmClusterResolver(port_base=int(os.environ.get("REELML_SLURM_PORT", "8888")))
+    if train_cfg is not None and train_cfg.cluster_workers:
+        return resolvers.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": train_cfg.cluster_workers}), task_type="worker", task_id=train_cfg.worker_index,
+        )
+    return None
+
+
+def make_strategy(train_cfg) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for `train.strategy` (before any other TensorFlow op runs: collectives
+    must be configured at start-up)."""
+    name = train_cfg.strategy
+    if name in ("multi_worker", "auto"):
+        resolver = cluster_resolver(train_cfg)
+        if resolver is not None:
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        if name == "multi_worker":
+            raise UserError("train.strategy `multi_worker`: no cluster found: set TF_CONFIG, run as several SLURM tasks, "
+                            "or set train.cluster_workers and train.worker_index (see scripts/launch_local.py)")
     gpus = tf.config.list_logical_devices("GPU")
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise UserError("train.strategy `multi_worker`: the TF_CONFIG environment variable is not set (see scripts/)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
     # The default strategy: one device (the first GPU if any), as model.fit uses it, no extra copies.
     return tf.distribute.get_strategy()
+
+
+def barrier(strategy) -> None:
+    """Returns once every worker has got here (a one-number all-reduce; nothing to wait for on one worker)."""
+    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
 def resolve_precision(name: str) -> str:
@@ -52,9 +91,36 @@ def resolve_precision(name: str) -> str:
     return "float32"
 
 
-def resolve_jit(name: str) -> bool:
-    # XLA made training slower on CPU (measured in docs/benchmarks.md); on GPUs it fuses well.
-    return name == "on" or (name == "auto" and bool(tf.config.list_physical_devices("GPU")))
+def resolve_jit(name: str, model=None, sample_batch=None) -> bool:
+    """Whether the training step is XLA-compiled, for `train.jit_compile`.
+
+    `auto` turns XLA on for GPUs, where it fuses well, and off on CPU, where it
+    measured slower (docs/benchmarks.md); and off, with a note, for a model with
+    ops XLA has no kernel for (Keras' random translation and zoom, for one).
+    `on` insists, and stops with a clear error for such a model. `sample_batch`:
+    returns one `(inputs, targets)` batch to trace the model with.
+    """
+    if name == "off" or (name == "auto" and not tf.config.list_physical_devices("GPU")):
+        return False
+    problem = None if model is None else _xla_problem(model, sample_batch()[0])
+    if problem is None:
+        return True
+    if name == "on":
+        raise UserError(f"train.jit_compile `on`: XLA cannot compile this model's training pass ({problem}); "
+                        "set train.jit_compile: auto or off, or leave out the layers named")
+    print(f"XLA off (train.jit_compile: auto): {problem}", flush=True)
+    return False
+
+
+def _xla_problem(model, sample) -> str | None:
+    """Lowers the model's training pass to XLA without running it; returns what XLA refused, if anything."""
+    forward = tf.function(lambda x: model(x, training=True), jit_compile=True)
+    try:
+        forward.experimental_get_compiler_ir(sample)(stage="hlo")
+    except (ValueError, tf.errors.OpError) as e:
+        unsupported = sorted(set(re.findall(r"(\w+) \(No registered", str(e))))
+        return f"no XLA kernel for {', '.join(unsupported)}" if unsupported else str(e).splitlines()[0][:300]
+    return None
 
 
 def is_chief(strategy) -> bool:
@@ -103,48 +169,75 @@ def make_optimizer(train_cfg, steps_per_epoch: int, precision: str):
 
 
 class Checkpoints:
-    """Model, optimizer, epoch and history, saved together; the last good one is restored."""
+    """Model, optimizer, RNG and metric state, epoch, step and history, saved together; the last good one is restored.
 
-    def __init__(self, directory, model, optimizer, keep, chief=True):
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    A checkpoint is taken at the end of an epoch, or mid-epoch when the job is
+    preempted (`step` > 0 then). Only the chief's checkpoints are kept: under
+    `MultiWorkerMirroredStrategy` every worker takes part in a save (its variables
+    may need collective reads), so the others write to a scratch folder they delete
+    at once, and all of them restore from the chief's folder. A checkpoint is
+    written in full before the folder's index points to it, so a crash mid-save
+    leaves the previous one in use; one that cannot be read is skipped for an older one.
+    """
+
+    def __init__(self, directory, model, optimizer, keep, chief=True, metrics=()):
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")  # epochs finished
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # steps into the next epoch
         self.history = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
-        self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, history=self.history)
+        # Keras keeps dropout and augmentation RNG state in seed-generator variables that tf.train.Checkpoint
+        # does not reach through the model: saved by hand, so a resumed epoch draws the same masks.
+        rng = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+        metric_state = [v for m in metrics for v in m.variables]
+        self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, step=self.step,
+                                         history=self.history, rng=rng, metrics=metric_state)
         self._best = tf.train.Checkpoint(model=model)
+        self._optimizer = optimizer
         directory = Path(directory)
-        if not chief:  # workers write (collective ops need every worker to save) where nobody reads
-            directory = directory.parent / f".worker-ckpt-{os.getpid()}"
-        self._manager = tf.train.CheckpointManager(self._ckpt, str(directory / "last"), max_to_keep=keep)
-        self._best_manager = tf.train.CheckpointManager(self._best, str(directory / "best"), max_to_keep=1)
+        self.chief = chief
+        write_dir = directory if chief else directory.parent / f".worker-{os.getpid()}"
+        self._scratch = None if chief else write_dir
+        self._manager = tf.train.CheckpointManager(self._ckpt, str(write_dir / "last"), max_to_keep=keep)
+        self._best_manager = tf.train.CheckpointManager(self._best, str(write_dir / "best"), max_to_keep=1)
+        self._directory, self._keep = directory, keep  # every worker reads the chief's checkpoints
+        self.saved = None  # (epoch, step) of the newest checkpoint this process wrote or read
 
-    def restore(self) -> list[dict]:
-        """Restores the newest readable checkpoint; returns the history of finished epochs."""
-        for path in reversed(self._manager.checkpoints):
+    def restore(self) -> tuple[list[dict], int]:
+        """Restores the newest readable checkpoint; returns the history of finished epochs and the steps
+        already done into the next one."""
+        reader = self._manager if self.chief else tf.train.CheckpointManager(self._ckpt, str(self._directory / "last"), self._keep)
+        for path in reversed(reader.checkpoints):
             try:
-                self._ckpt.read(path).assert_existing_objects_matched()
-                print(f"Resuming from {path} (epoch {int(self.epoch.numpy())})", flush=True)
-                return json.loads(self.history.numpy().decode())
+                self._ckpt.read(path).assert_existing_objects_matched().expect_partial()  # save_counter: not ours
+                epoch, step = int(self.epoch.numpy()), int(self.step.numpy())
+                self.saved = (epoch, step)
+                print(f"Resuming from {path} (epoch {epoch}" + (f", step {step} of the next" if step else "") + ")", flush=True)
+                return json.loads(self.history.numpy().decode()), step
             except (tf.errors.OpError, AssertionError, ValueError) as e:
                 print(f"Checkpoint {path} is unreadable ({type(e).__name__}); trying an older one", flush=True)
-        return []
+        return [], 0
 
-    def save(self, epoch: int, history: list[dict]):
+    def save(self, epoch: int, history: list[dict], step: int = 0):
         self.epoch.assign(epoch)
+        self.step.assign(step)
         self.history.assign(json.dumps(history))
-        self._manager.save(checkpoint_number=epoch)
+        self._manager.save(checkpoint_number=int(self._optimizer.iterations.numpy()))
+        self._drop_scratch()
+        self.saved = (epoch, step)
 
     def save_best(self, epoch: int):
         self._best_manager.save(checkpoint_number=epoch)
+        self._drop_scratch()
 
     def restore_best(self) -> bool:
-        path = self._best_manager.latest_checkpoint
+        """Restores the best epoch's weights (call `barrier` first on a cluster: the chief must be done saving)."""
+        path = tf.train.latest_checkpoint(str(self._directory / "best"))
         if path:
             self._best.read(path).expect_partial()
         return bool(path)
 
-    @property
-    def latest_epoch(self) -> int:
-        latest = self._manager.latest_checkpoint
-        return int(latest.rsplit("-", 1)[1]) if latest else 0
+    def _drop_scratch(self):
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -213,16 +306,23 @@ class Loop:
 
         # Metric results are computed inside the compiled call, as model.fit does: no extra
         # eager ops per step. One step per call unless train.steps_per_execution asks for more.
-        @tf.function
-        def train_step(iterator):
-            strategy.run(replica_train_step, args=next(iterator))
-            return {m.name: m.result() for m in self.train_metrics}
+        # `stop` is this process's "SIGTERM arrived" flag; summed over all workers inside the same call, so
+        # every worker learns of a preemption after the same step and they checkpoint together.
+        def results(stop):
+            logs = {m.name: m.result() for m in self.train_metrics}
+            logs["stop"] = strategy.reduce("SUM", strategy.run(tf.identity, args=(stop,)), axis=None)
+            return logs
 
         @tf.function
-        def train_steps(iterator, n):
+        def train_step(iterator, stop):
+            strategy.run(replica_train_step, args=next(iterator))
+            return results(stop)
+
+        @tf.function
+        def train_steps(iterator, n, stop):
             for _ in tf.range(n):
                 strategy.run(replica_train_step, args=next(iterator))
-            return {m.name: m.result() for m in self.train_metrics}
+            return results(stop)
 
         @tf.function
         def eval_step(batch):
@@ -230,20 +330,28 @@ class Loop:
 
         self._train_step, self._train_steps, self._eval_step = train_step, train_steps, eval_step
 
-    def train_epoch(self, dataset, steps, callbacks, nan_guard=True) -> dict:
-        for metric in self.train_metrics:
-            metric.reset_state()
+    def train_epoch(self, dataset, steps, callbacks, nan_guard=True, start_step=0, stop_requested=lambda: False) -> dict:
+        """Runs steps `start_step + 1 .. steps` of an epoch (a resumed epoch keeps its restored metric state).
+
+        Returns the epoch's logs; `logs["stopped_at"]` is set when every worker agreed to stop (preemption).
+        """
+        if start_step == 0:
+            for metric in self.train_metrics:
+                metric.reset_state()
         iterator = iter(dataset)
-        done = 0
+        done = start_step
         logs = {}
         while done < steps:
             n = min(self.steps_per_execution, steps - done)
-            logs = self._train_step(iterator) if n == 1 else self._train_steps(iterator, tf.constant(n))
+            stop = tf.constant(1.0 if stop_requested() else 0.0)
+            logs = self._train_step(iterator, stop) if n == 1 else self._train_steps(iterator, tf.constant(n), stop)
             done += n
             if nan_guard and not math.isfinite(float(logs["loss"])):
                 raise TrainingDiverged(f"the training loss became {float(logs['loss'])} at step {done}")
-            callbacks.on_train_batch_end(done - 1, logs)
-        return {k: float(v) for k, v in logs.items()}
+            callbacks.on_train_batch_end(done - 1, {k: v for k, v in logs.items() if k != "stop"})
+            if float(logs["stop"]) > 0 and done < steps:
+                return {"stopped_at": done}
+        return {k: float(v) for k, v in logs.items() if k != "stop"}
 
     def evaluate(self, dataset, prefix="") -> dict:
         for metric in self.eval_metrics:
@@ -263,7 +371,30 @@ def _monitored(loop: Loop, train_cfg, has_validation: bool) -> tuple[str, int]:
     return train_cfg.monitor, 1 if train_cfg.monitor_mode == "min" else -1
 
 
-def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_epoch_end=None) -> list[dict]:
+class _Sigterm:
+    """Turns SIGTERM (what SLURM and Kubernetes send before killing a job) into a flag the loop polls."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave the default handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+        print("SIGTERM received: checkpointing after the current step", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_epoch_end=None, resume=True) -> list[dict]:
     """Trains for `train_cfg.epochs` epochs, resuming from the last checkpoint.
 
     Args:
@@ -274,12 +405,17 @@ def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_
         callbacks: Keras callbacks (TensorBoard, ...); a progress bar is added.
         on_epoch_end: called as `on_epoch_end(epoch, logs)` after each finished,
             checkpointed epoch (1-based), e.g. to log to MLflow.
+        resume: continue from the newest checkpoint (False: a new run; the chief is
+            clearing the previous run's checkpoints, which no worker may read).
 
     Returns:
         The history: one dict of metrics per finished epoch, resumed epochs included.
+
+    Raises:
+        Preempted: SIGTERM arrived; a checkpoint of the step reached was saved first.
     """
     strategy, model = loop.strategy, loop.model
-    history = checkpoints.restore()
+    history, start_step = checkpoints.restore() if resume else ([], 0)
     steps = epoch_steps(data, train_cfg)
     train_ds = strategy.experimental_distribute_dataset(data.train)
     val_ds = strategy.experimental_distribute_dataset(data.validation) if data.validation is not None else None
@@ -292,27 +428,36 @@ def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_
     )
     model.stop_training = False
     callback_list.on_train_begin()
-    for epoch in range(len(history), train_cfg.epochs):
-        if train_cfg.early_stopping_patience and since_best >= train_cfg.early_stopping_patience:
-            print(f"Early stopping: no better {monitor} for {since_best} epochs", flush=True)
-            break
-        callback_list.on_epoch_begin(epoch)
-        logs = loop.train_epoch(train_ds, steps, callback_list, nan_guard=train_cfg.nan_guard)
-        if val_ds is not None:
-            logs.update(loop.evaluate(val_ds, prefix="val_"))
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(loop.optimizer.learning_rate))
-        history.append(logs)
-        if sign * logs[monitor] < best:
-            best, since_best = sign * logs[monitor], 0
-            checkpoints.save_best(epoch + 1)
-        else:
-            since_best += 1
-        if (epoch + 1) % train_cfg.checkpoint_every_epochs == 0 or epoch + 1 == train_cfg.epochs:
-            checkpoints.save(epoch + 1, history)
-        callback_list.on_epoch_end(epoch, logs)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, logs)
-    if history and checkpoints.latest_epoch != len(history):
+    with _Sigterm() as sigterm:
+        for epoch in range(len(history), train_cfg.epochs):
+            if train_cfg.early_stopping_patience and since_best >= train_cfg.early_stopping_patience:
+                print(f"Early stopping: no better {monitor} for {since_best} epochs", flush=True)
+                break
+            set_epoch(epoch)  # the epoch's shuffle and negatives: the same ones when it is redone after a restart
+            callback_list.on_epoch_begin(epoch)
+            # A resumed epoch skips the batches it already trained on.
+            ds = train_ds if not start_step else strategy.experimental_distribute_dataset(data.train.skip(start_step))
+            logs = loop.train_epoch(ds, steps, callback_list, nan_guard=train_cfg.nan_guard, start_step=start_step,
+                                    stop_requested=lambda: sigterm.received)
+            if "stopped_at" in logs:
+                checkpoints.save(epoch, history, step=logs["stopped_at"])
+                raise Preempted(f"preempted (SIGTERM) at step {logs['stopped_at']} of epoch {epoch + 1}; checkpoint saved")
+            start_step = 0
+            if val_ds is not None:
+                logs.update(loop.evaluate(val_ds, prefix="val_"))
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(loop.optimizer.learning_rate))
+            history.append(logs)
+            if sign * logs[monitor] < best:
+                best, since_best = sign * logs[monitor], 0
+                checkpoints.save_best(epoch + 1)
+            else:
+                since_best += 1
+            if (epoch + 1) % train_cfg.checkpoint_every_epochs == 0 or epoch + 1 == train_cfg.epochs:
+                checkpoints.save(epoch + 1, history)
+            callback_list.on_epoch_end(epoch, logs)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, logs)
+    if history and checkpoints.saved != (len(history), 0):
         checkpoints.save(len(history), history)  # stopped early between checkpoints: keep what was trained
     callback_list.on_train_end()
     return history

@@ -31,7 +31,7 @@ class TrainResult:
 class RunState:
     """`state.json` of a run folder: which MLflow run it is and whether it finished."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, fresh: bool):
+    def __init__(self, run_dir: Path, cfg: RunConfig, fresh: bool, chief: bool = True):
         self.path = run_dir / "state.json"
         previous = json.loads(self.path.read_text()) if self.path.exists() else None
         if previous and previous["status"] == "running" and not fresh:
@@ -45,7 +45,7 @@ class RunState:
             self.run_id = previous["run_id"]
             self.resumed = True
         else:
-            if previous:  # a finished (or abandoned) run: its checkpoints make way for the new one
+            if previous and chief:  # a finished (or abandoned) run: its checkpoints make way for the new one
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             self.run_id = None
             self.resumed = False
@@ -72,14 +72,14 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
 
     task = TASKS[cfg.task]
     run_dir = Path(cfg.runs_dir) / cfg.name
+    # Hardware: strategy (first: multi-worker collectives must be set up before any op runs), precision, XLA.
+    # The precision policy must be set before the model is built.
+    strategy = loop.make_strategy(cfg.train)
+    chief = loop.is_chief(strategy)
     keras.utils.set_random_seed(cfg.seed)
-    state = RunState(run_dir, cfg, fresh)
-
-    # Hardware: strategy, precision, XLA. The policy must be set before the model is built.
+    state = RunState(run_dir, cfg, fresh, chief)
     precision = loop.resolve_precision(cfg.train.mixed_precision)
     keras.mixed_precision.set_global_policy(precision)
-    strategy = loop.make_strategy(cfg.train.strategy)
-    chief = loop.is_chief(strategy)
     tracker = tracking.Tracker(cfg, enabled=chief)  # fails here, before training, if MLflow is unreachable
 
     data = task.load_data(cfg, run_dir)
@@ -89,10 +89,13 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
         optimizer.build(model.trainable_variables)
         steps = loop.Loop(
             model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy,
-            jit_compile=loop.resolve_jit(cfg.train.jit_compile), steps_per_execution=cfg.train.steps_per_execution,
+            jit_compile=loop.resolve_jit(cfg.train.jit_compile, model, lambda: next(iter(data.train))),
+            steps_per_execution=cfg.train.steps_per_execution,
             make_eval_metrics=lambda: task.make_eval_metrics(cfg, data),
         )
-        checkpoints = loop.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints, chief)
+    # Outside the scope: the epoch, step and history counters are plain host variables on every worker.
+    checkpoints = loop.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints, chief,
+                                   metrics=steps.train_metrics)
 
     with tracker.run(state.run_id) as state.run_id:  # ends the MLflow run as FINISHED, FAILED or KILLED
         if chief:
@@ -104,13 +107,16 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
         tracker.log_text(cfg.to_yaml(), "config.yaml")
 
         try:
-            history = loop.fit(steps, data, cfg.train, checkpoints, callbacks=[loop.EpochSummaries(run_dir / "tensorboard")],
-                               on_epoch_end=tracker.log_epoch)
+            # A task may add its own per-epoch callbacks (dialogue: generated samples logged to MLflow).
+            extra = task.epoch_callbacks(cfg, model, data, tracker) if hasattr(task, "epoch_callbacks") else []
+            history = loop.fit(steps, data, cfg.train, checkpoints, callbacks=[loop.EpochSummaries(run_dir / "tensorboard"), *extra],
+                               on_epoch_end=tracker.log_epoch, resume=state.resumed)
         except loop.TrainingDiverged as e:
             raise UserError(f"{e}; the last checkpoint is kept. Lower train.learning_rate or set train.clipnorm") from None
         tracker.log_history(history)  # epochs trained before a crash that MLflow had not yet received
 
         if cfg.train.restore_best and data.validation is not None:
+            loop.barrier(strategy)  # the chief has written the best epoch before anyone reads it
             checkpoints.restore_best()
         test_metrics = {}
         if data.test is not None:
@@ -169,7 +175,7 @@ def _restore(cfg: RunConfig):
     optimizer = loop.make_optimizer(cfg.train, loop.epoch_steps(data, cfg.train), "float32")
     optimizer.build(model.trainable_variables)
     checkpoints = loop.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints)
-    history = checkpoints.restore()
+    history, _ = checkpoints.restore()
     if cfg.train.restore_best and data.validation is not None:
         checkpoints.restore_best()
     steps = loop.Loop(model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy,

@@ -3,9 +3,11 @@
 `TASKS` maps a config's `task` to its module.
 """
 
-from training.tasks import frames, recommender
+from training.tasks import autoencoder, dialogue, frames, recommender
 
 TASKS = {
     "frames": frames,
     "recommender": recommender,
+    "autoencoder": autoencoder,
+    "dialogue": dialogue,
 }

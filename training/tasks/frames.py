@@ -19,6 +19,7 @@ import tensorflow as tf
 import keras
 
 from models import MODELS
+from training.epochs import epoch_seeds
 from training.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -120,8 +121,10 @@ def _stratified_split(files_by_class, fraction, seed):
 
 
 def _batched(ds, batch_size, shuffle_buffer=None, seed=None):
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if shuffle_buffer:  # a new order every epoch, the same order for the same epoch after a restart
+        frames, count = ds, ds.cardinality()
+        ds = epoch_seeds(seed).flat_map(lambda s: frames.shuffle(shuffle_buffer, seed=s))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count)) if count >= 0 else ds
     ds = ds.batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
@@ -413,7 +416,7 @@ def _rows(outputs, class_names, top_k, sources):
         row = dict(source)
         row["label"] = outputs["label"].numpy()[i].decode()
         row["confidence"] = round(float(outputs["confidence"].numpy()[i]), 6)
-        if top_k > 1:
+        if (top_k or 1) > 1:  # --top-k unset: the label only
             best = np.argsort(-probabilities[i])[:top_k]
             row["top_k"] = ";".join(f"{class_names[j]}:{probabilities[i, j]:.4f}" for j in best)
         yield row

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.atomic import building
+
 CLASSES = ("close_up", "color_bars", "exterior", "interior", "title_card")
 _VERSION = "v1"  # bump when the drawing changes, so stale folders are regenerated
 
@@ -122,16 +124,15 @@ def ensure_sample_frames(root, train_per_class=80, test_per_class=20, size=128, 
     import tensorflow as tf  # deferred: importing TF is slow and only this path needs it
 
     out = Path(root) / _VERSION
-    done = out / ".complete"
-    if done.exists():
+    if out.is_dir():
         return out
     rng = np.random.default_rng(seed)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for label in CLASSES:
-            folder = out / split / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                jpeg = tf.io.encode_jpeg(draw_frame(label, rng, size), quality=90).numpy()
-                (folder / f"{label}_{i:04d}.jpg").write_bytes(jpeg)
-    done.write_text("ok\n")
+    with building(out) as scratch:  # whole or not at all: every worker of a cluster may get here at once
+        for split, count in (("train", train_per_class), ("test", test_per_class)):
+            for label in CLASSES:
+                folder = scratch / split / label
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(count):
+                    jpeg = tf.io.encode_jpeg(draw_frame(label, rng, size), quality=90).numpy()
+                    (folder / f"{label}_{i:04d}.jpg").write_bytes(jpeg)
     return out

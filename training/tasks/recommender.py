@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from models import MODELS
 from models.ncf import item_embeddings, neumf_weights_from_pretrained
+from training.epochs import epoch_seeds
 from training.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -302,15 +303,20 @@ def complement_items(sorted_positives: np.ndarray, ranks: np.ndarray) -> np.ndar
     return ranks + np.searchsorted(q, ranks, side="right")
 
 
-def make_split(log: Log, min_rating=None, min_user_interactions=3, negatives=99, seed=0) -> Split:
+def make_split(log: Log, min_rating=None, min_user_interactions=3, negatives=99, seed=0, recency_weight=0.0) -> Split:
     """Implicit feedback and the leave-one-out split of the NCF paper.
 
     Each user with at least `min_user_interactions` interactions holds out the
     latest one for test and the one before it for validation (ties and logs
     without timestamps are ordered at random, seeded). Each held-out item is
     ranked against `negatives` items the user never interacted with, drawn
-    without replacement from a generator seeded with `seed`.
+    without replacement from a generator seeded with `seed`. With
+    `recency_weight` w > 0, each training interaction's weight is multiplied by
+    exp(w * (r - 1)), r its place in the user's history (0 first, 1 latest).
     """
+    if recency_weight and log.timestamp is None:
+        raise UserError("data.recency_weight: the data has no timestamps to tell recent interactions "
+                        "(map one with data.columns.timestamp, or set data.recency_weight: 0)")
     keep = np.ones(len(log.users), bool)
     if min_rating is not None:
         if log.rating is None:
@@ -346,6 +352,10 @@ def make_split(log: Log, min_rating=None, min_user_interactions=3, negatives=99,
     test_rows, val_rows = chrono[last[evaluated]], chrono[last[evaluated] - 1]
     train_mask = np.ones(len(pair_key), bool)
     train_mask[test_rows] = train_mask[val_rows] = False
+    if recency_weight:  # the held-out items are each user's latest: recent taste says more about them
+        position = np.empty(len(chrono))
+        position[chrono] = np.arange(len(chrono)) - np.r_[0, np.cumsum(counts)[:-1]][pair_user[chrono]]
+        pair_w = pair_w * np.exp(recency_weight * (position / np.maximum(counts[pair_user] - 1, 1) - 1))
 
     # Everything a user interacted with (pairs are sorted by user, then item).
     seen_splits = np.r_[0, np.cumsum(counts)].astype(np.int64)
@@ -422,9 +432,8 @@ def train_dataset(split: Split, negatives: int, batch_size: int, seed: int) -> t
         perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), tf.stack([epoch_seed, 0]))
         return tf.data.Dataset.range(n_batches).map(lambda j: batch(epoch_seed, j, perm), num_parallel_calls=AUTOTUNE)
 
-    # One seed per pass: a new iterator (a new epoch) draws a new order and new negatives.
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    return seeds.flat_map(epoch).prefetch(AUTOTUNE)
+    # One seed per epoch: a new order and new negatives each epoch, the same ones for an epoch redone after a restart.
+    return epoch_seeds(seed).flat_map(epoch).prefetch(AUTOTUNE)
 
 
 def eval_dataset(users: np.ndarray, candidates: np.ndarray, batch_size: int) -> tf.data.Dataset:
@@ -472,7 +481,7 @@ def load_data(cfg, run_dir) -> Data:
     d = cfg.data
     log = _read_log(cfg)
     split = make_split(log, d.min_rating, d.min_user_interactions, d.eval_negatives,
-                       cfg.seed if d.split_seed is None else d.split_seed)
+                       cfg.seed if d.split_seed is None else d.split_seed, d.recency_weight)
     titles = log.titles or {}
     if d.items_path:
         titles = read_titles(d.items_path, d.columns)

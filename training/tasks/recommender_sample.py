@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.atomic import building
+
 GENRES = ("drama", "comedy", "thriller", "documentary", "animation", "sci-fi", "romance", "crime")
 _WORDS = ("night", "river", "glass", "summer", "echo", "harbour", "signal", "garden", "winter", "circuit", "letters", "orbit")
 _VERSION = "v1"  # bump when the generator changes, so stale files are regenerated
@@ -30,21 +32,25 @@ def ensure_sample_views(root, users=600, items=400, seed=0) -> Path:
         The folder holding `views.csv` and `titles.csv`.
     """
     out = Path(root) / f"{_VERSION}-{users}x{items}-s{seed}"
-    if (out / ".complete").exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.is_dir():
+        with building(out) as folder:  # whole or not at all: every worker of a cluster may get here at once
+            _write(folder, users, items, seed)
+    return out
+
+
+def _write(folder: Path, users: int, items: int, seed: int):
     rng = np.random.default_rng(seed)
     genre = rng.integers(0, len(GENRES), items)
     popularity = 1.0 / np.arange(1, items + 1) ** 0.8  # a long tail
     popularity = popularity[rng.permutation(items)]
-    with open(out / "titles.csv", "w", newline="", encoding="utf-8") as f:
+    with open(folder / "titles.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["item_id", "title"])
         for i in range(items):
             words = rng.choice(len(_WORDS), 2, replace=False)
             w.writerow([f"t{i:04d}", f"{_WORDS[words[0]].title()} {_WORDS[words[1]].title()} ({GENRES[genre[i]]}, {1970 + i % 50})"])
 
-    with open(out / "views.csv", "w", newline="", encoding="utf-8") as f:
+    with open(folder / "views.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["user_id", "item_id", "timestamp", "watch_minutes"])
         for u in range(users):
@@ -58,5 +64,3 @@ def ensure_sample_views(root, users=600, items=400, seed=0) -> Path:
             minutes = np.round(rng.gamma(2.0, 15.0 * (0.5 + affinity[watched])), 1) + 1.0
             for i, t, m in zip(watched, times, minutes):
                 w.writerow([f"u{u:04d}", f"t{i:04d}", int(t), m])
-    (out / ".complete").write_text("ok\n")
-    return out

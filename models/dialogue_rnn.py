@@ -1,0 +1,113 @@
+"""The dialogue language model: Embedding -> stacked SimpleRNN, GRU or LSTM -> next-token logits.
+
+A character- or word-level model of scripts. The contract:
+
+    input   int32 [B, T]          token indices (0 is the unknown token)
+    output  float32 [B, T, V]     logits of the next token at every position
+
+Training reads whole windows through the Keras RNN layers. Serving and
+generation step one token at a time through the same layers' cells
+(`initial_states`, `advance`, `next_logits`), carrying the recurrent state, so a generated token
+costs one cell call per layer instead of a pass over the whole text. The cells
+are plain Keras ops: a GRU or LSTM stepped this way never takes the cuDNN-only
+path that Keras picks for whole sequences on a GPU, so an export traced on a GPU
+machine still loads on CPU.
+
+Layer names (`embedding`, `rnn_0`, `rnn_1`, ..., `logits`) are part of the
+contract: `advance` and `next_logits` find the layers by them.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+RNN_LAYERS = {"simple_rnn": layers.SimpleRNN, "gru": layers.GRU, "lstm": layers.LSTM}
+
+
+def build_dialogue_rnn(vocab_size, cell="simple_rnn", units=(512,), embedding_dim=64, activation="tanh", dropout=0.0,
+                       l2=0.0, seed=None, **_):
+    """Builds the dialogue language model.
+
+    Args:
+        vocab_size: int, tokens in the vocabulary, the unknown token (index 0) included.
+        cell: `"simple_rnn"` (the default the product asks for), `"gru"` or `"lstm"`.
+        units: sequence of ints, units of each stacked recurrent layer, bottom first.
+        embedding_dim: int, size of the token embeddings.
+        activation: `"tanh"` or `"relu"`, activation of a SimpleRNN (GRU and LSTM keep their own).
+        dropout: float, dropout between stacked recurrent layers and before the output layer (training only).
+        l2: float, L2 penalty on the recurrent and output kernels.
+        seed: int or None, seed of the initialisers and the dropout.
+
+    Returns:
+        A `keras.Model` mapping int32 token indices `[B, T]` to float32 logits `[B, T, vocab_size]`.
+
+    Example:
+
+    >>> model = build_dialogue_rnn(65, cell="gru", units=[32])
+    >>> tuple(model(ops.zeros((2, 10), dtype="int32")).shape)
+    (2, 10, 65)
+    """
+    if cell not in RNN_LAYERS:
+        raise ValueError(f"cell: expected one of {sorted(RNN_LAYERS)}, got {cell!r}")
+
+    def offset(i):
+        return None if seed is None else seed + i
+
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = layers.Embedding(vocab_size, embedding_dim, name="embedding",
+                         embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=offset(0)))(tokens)
+    for i, n in enumerate(units):
+        if dropout and i > 0:
+            x = layers.Dropout(dropout, seed=offset(100 + i), name=f"dropout_{i}")(x)
+        options = {"activation": activation} if cell == "simple_rnn" else {}
+        x = RNN_LAYERS[cell](
+            n, return_sequences=True, name=f"rnn_{i}", kernel_regularizer=regularizer,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=offset(1 + 2 * i)),
+            recurrent_initializer=keras.initializers.Orthogonal(seed=offset(2 + 2 * i)), **options,
+        )(x)
+    if dropout:
+        x = layers.Dropout(dropout, seed=offset(100), name="dropout_out")(x)
+    # float32 logits under mixed precision: the softmax over the vocabulary needs the range.
+    logits = layers.Dense(vocab_size, name="logits", dtype="float32", kernel_regularizer=regularizer,
+                          kernel_initializer=keras.initializers.GlorotUniform(seed=offset(99)))(x)
+    return keras.Model(tokens, logits, name=f"dialogue_{cell}")
+
+
+def recurrent_layers(model) -> list:
+    """The model's recurrent layers, bottom first."""
+    return [layer for layer in model.layers if layer.name.startswith("rnn_")]
+
+
+def initial_states(model, batch_size) -> list:
+    """Zero recurrent states for `batch_size` sequences: one list per layer (LSTM: [h, c]; others: [h])."""
+    states = []
+    for layer in recurrent_layers(model):
+        sizes = layer.cell.state_size if isinstance(layer.cell.state_size, (list, tuple)) else [layer.cell.state_size]
+        states.append([ops.zeros((batch_size, size), dtype=layer.cell.compute_dtype) for size in sizes])
+    return states
+
+
+def advance(model, tokens, states):
+    """Reads one token per sequence: the top layer's output and the new states.
+
+    Args:
+        model: a model built by `build_dialogue_rnn`.
+        tokens: int32 `[B]`, the current token of each sequence.
+        states: the states before it, as `initial_states` returns them.
+
+    Returns:
+        `(output, states)`: the top recurrent layer's output `[B, units[-1]]`, and the states after `tokens`.
+    """
+    x = model.get_layer("embedding")(tokens)
+    new_states = []
+    for layer, state in zip(recurrent_layers(model), states):
+        x, state = layer.cell(x, list(state), training=False)
+        new_states.append(list(state))
+    return x, new_states
+
+
+def next_logits(model, output):
+    """float32 logits `[B, vocab_size]` of the next token, from the top layer's output."""
+    return ops.cast(model.get_layer("logits")(output), "float32")
