@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    print(f"| config | 1 worker: s/epoch | 2 workers: s/epoch | throughput 2 / 1 |")
+    print("| config | 1 worker: s/epoch | 2 workers: s/epoch | throughput 2 / 1 |")
     print("| --- | --- | --- | --- |")
     for config in args.configs:
         times = {1: [], 2: []}

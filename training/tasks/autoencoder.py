@@ -630,11 +630,8 @@ def write_embeddings(path: Path, sources: list[dict], embeddings: np.ndarray):
 
 def _frame_rows(loaded, args, report, want_embedding):
     """(source dict, outputs of one input) for image files and sampled video frames."""
-    classify_images = loaded.signatures["is_anomaly"]
-    encode_images = loaded.signatures["encode"]
+    classify_images, encode_images = loaded.signatures["is_anomaly"], loaded.signatures["encode"]
     analyse_pixels = loaded.signatures["analyse_pixels"]
-    images, videos = frames._expand_inputs(args.inputs)
-    batch = max(1, args.batch_size)
 
     def run_images(blobs):
         out = {k: v.numpy() for k, v in classify_images(images=tf.constant(blobs)).items()}
@@ -642,48 +639,10 @@ def _frame_rows(loaded, args, report, want_embedding):
             out["embedding"] = encode_images(images=tf.constant(blobs))["embedding"].numpy()
         return out
 
-    for start in range(0, len(images), batch):
-        chunk, blobs = [], []
-        for p in images[start:start + batch]:
-            try:
-                blobs.append(p.read_bytes())
-                chunk.append(p)
-            except OSError as e:
-                report(p, e.strerror or str(e))
-        if not chunk:
-            continue
-        try:
-            outputs = run_images(blobs)
-            pairs = [({"source": str(p)}, {k: v[i] for k, v in outputs.items()}) for i, p in enumerate(chunk)]
-        except tf.errors.InvalidArgumentError:  # one bad file fails the batch: find it, keep the rest
-            pairs = []
-            for p, blob in zip(chunk, blobs):
-                try:
-                    outputs = run_images([blob])
-                except tf.errors.InvalidArgumentError:
-                    report(p, "not a readable JPEG, PNG, GIF or BMP image")
-                    continue
-                pairs.append(({"source": str(p)}, {k: v[0] for k, v in outputs.items()}))
-        yield from pairs
+    def run_pixels(pixels):
+        return {k: v.numpy() for k, v in analyse_pixels(pixels=tf.constant(pixels)).items()}
 
-    def run_pixels(pending, sources):
-        out = {k: v.numpy() for k, v in analyse_pixels(pixels=tf.constant(np.stack(pending))).items()}
-        return [(s, {k: v[i] for k, v in out.items()}) for i, s in enumerate(sources)]
-
-    every_seconds = 1.0 if args.every_seconds is None and args.every_frames is None else args.every_seconds
-    for video in videos:
-        pending, sources = [], []
-        try:
-            for index, seconds, pixels in frames._video_frames(video, every_seconds, args.every_frames):
-                pending.append(pixels)
-                sources.append({"source": str(video), "frame": index, "timecode": frames._timecode(seconds)})
-                if len(pending) == batch:
-                    yield from run_pixels(pending, sources)
-                    pending, sources = [], []
-        except Exception as e:  # PyAV raises its own error types for damaged or unknown files
-            report(video, f"video could not be decoded ({type(e).__name__}: {e})")
-        if pending:
-            yield from run_pixels(pending, sources)
+    return frames.frame_outputs(args, report, run_images, run_pixels)
 
 
 def _table_rows(loaded, metadata, args, want_embedding):
@@ -714,10 +673,6 @@ def predict(loaded, metadata, args, report):
     """
     anomalies_only = getattr(args, "anomalies", False)
     embed_path = _check_embed_path(getattr(args, "embed", None))
-    if args.every_seconds is not None and args.every_frames is not None:
-        raise UserError("--every-seconds and --every-frames: give one of them, not both")
-    if (args.every_seconds is not None and args.every_seconds <= 0) or (args.every_frames is not None and args.every_frames < 1):
-        raise UserError("--every-seconds must be > 0 and --every-frames >= 1")
     kind = metadata.get("input")
     if not args.inputs:
         what = "feature table (.csv, .parquet, .npy)" if kind == "table" else "image file, folder of images or video"

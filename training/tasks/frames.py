@@ -410,33 +410,39 @@ def csv_fields(row) -> list[str]:
     return ["source", "frame", "timecode", "label", "confidence"] + (["top_k"] if "top_k" in row else [])
 
 
-def _rows(outputs, class_names, top_k, sources):
-    probabilities = outputs["probabilities"].numpy()
-    for i, source in enumerate(sources):
-        row = dict(source)
-        row["label"] = outputs["label"].numpy()[i].decode()
-        row["confidence"] = round(float(outputs["confidence"].numpy()[i]), 6)
-        if (top_k or 1) > 1:  # --top-k unset: the label only
-            best = np.argsort(-probabilities[i])[:top_k]
-            row["top_k"] = ";".join(f"{class_names[j]}:{probabilities[i, j]:.4f}" for j in best)
-        yield row
+def _row(source, output, class_names, top_k):
+    row = dict(source)
+    row["label"] = output["label"].decode()
+    row["confidence"] = round(float(output["confidence"]), 6)
+    if (top_k or 1) > 1:  # --top-k unset: the label only
+        probabilities = output["probabilities"]
+        best = np.argsort(-probabilities)[:top_k]
+        row["top_k"] = ";".join(f"{class_names[j]}:{probabilities[j]:.4f}" for j in best)
+    return row
 
 
-def predict(loaded, metadata, args, report):
-    """Classifies image files, folders and video frames; yields one dict per image or sampled frame.
+def frame_outputs(args, report, run_images, run_pixels):
+    """Runs an export over `args.inputs` (image files, folders, videos) in batches of `args.batch_size`.
 
-    Unreadable files are passed to `report(path, reason)` and skipped.
+    Args:
+        args: `reelml predict` arguments (inputs, batch_size, every_seconds, every_frames).
+        report: called as `report(path, reason)` for each unreadable file, which is skipped.
+        run_images: encoded images (list of bytes) -> dict of numpy arrays, one row per image.
+        run_pixels: decoded video frames (uint8 `[n, h, w, 3]`) -> dict of numpy arrays, one row per frame.
+
+    Yields:
+        `(source, output)` per readable image or sampled frame: `source` holds the file (and the
+        frame index and timecode for videos), `output` each array's row for that input.
     """
     if args.every_seconds is not None and args.every_frames is not None:
         raise UserError("--every-seconds and --every-frames: give one of them, not both")
     if (args.every_seconds is not None and args.every_seconds <= 0) or (args.every_frames is not None and args.every_frames < 1):
         raise UserError("--every-seconds must be > 0 and --every-frames >= 1")
-    if not args.inputs:
-        raise UserError("give at least one image file, folder of images or video to classify")
-    class_names = metadata["class_names"]
-    classify_images, classify_pixels = loaded.signatures["serving_default"], loaded.signatures["classify_pixels"]
     images, videos = _expand_inputs(args.inputs)
     batch = max(1, args.batch_size)
+
+    def split(outputs, sources):
+        return [(source, {k: v[i] for k, v in outputs.items()}) for i, source in enumerate(sources)]
 
     for start in range(0, len(images), batch):
         chunk, blobs = [], []
@@ -449,16 +455,15 @@ def predict(loaded, metadata, args, report):
         if not chunk:
             continue
         try:
-            outputs = classify_images(images=tf.constant(blobs))
-            yield from _rows(outputs, class_names, args.top_k, [{"source": str(p)} for p in chunk])
+            yield from split(run_images(blobs), [{"source": str(p)} for p in chunk])
         except tf.errors.InvalidArgumentError:  # one bad file fails the batch: find it, keep the rest
             for p, blob in zip(chunk, blobs):
                 try:
-                    outputs = classify_images(images=tf.constant([blob]))
+                    outputs = run_images([blob])
                 except tf.errors.InvalidArgumentError:
                     report(p, "not a readable JPEG, PNG, GIF or BMP image")
                     continue
-                yield from _rows(outputs, class_names, args.top_k, [{"source": str(p)}])
+                yield from split(outputs, [{"source": str(p)}])
 
     every_seconds = 1.0 if args.every_seconds is None and args.every_frames is None else args.every_seconds
     for video in videos:
@@ -468,9 +473,27 @@ def predict(loaded, metadata, args, report):
                 pending.append(pixels)
                 sources.append({"source": str(video), "frame": index, "timecode": _timecode(seconds)})
                 if len(pending) == batch:
-                    yield from _rows(classify_pixels(pixels=tf.constant(np.stack(pending))), class_names, args.top_k, sources)
+                    yield from split(run_pixels(np.stack(pending)), sources)
                     pending, sources = [], []
         except Exception as e:  # PyAV raises its own error types for damaged or unknown files
             report(video, f"video could not be decoded ({type(e).__name__}: {e})")
         if pending:
-            yield from _rows(classify_pixels(pixels=tf.constant(np.stack(pending))), class_names, args.top_k, sources)
+            yield from split(run_pixels(np.stack(pending)), sources)
+
+
+def predict(loaded, metadata, args, report):
+    """Classifies image files, folders and video frames; yields one dict per image or sampled frame.
+
+    Unreadable files are passed to `report(path, reason)` and skipped.
+    """
+    if not args.inputs:
+        raise UserError("give at least one image file, folder of images or video to classify")
+    class_names = metadata["class_names"]
+    classify_images, classify_pixels = loaded.signatures["serving_default"], loaded.signatures["classify_pixels"]
+
+    def numpy(outputs):
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    for source, output in frame_outputs(args, report, lambda blobs: numpy(classify_images(images=tf.constant(blobs))),
+                                        lambda pixels: numpy(classify_pixels(pixels=tf.constant(pixels)))):
+        yield _row(source, output, class_names, args.top_k)
