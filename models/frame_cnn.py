@@ -147,13 +147,21 @@ class ResizeIfNeeded(layers.Resizing):
 
     Training batches arrive at `input_size` (the input pipeline resizes them), so
     the training step has no resize op, and stays XLA-compilable: antialiased
-    resizing has no XLA kernel. Frames of any other (or unknown) size are resized.
+    resizing has no XLA kernel. Frames of any other size are resized. Where the
+    size is only known at run time (a serving signature taking any size), the
+    check runs in the graph, so frames sent at the model's size skip the resize.
     """
 
     def call(self, inputs):
-        if inputs.shape[-3] == self.height and inputs.shape[-2] == self.width:
+        height, width = inputs.shape[-3], inputs.shape[-2]
+        if height == self.height and width == self.width:
             return inputs
-        return super().call(inputs)
+        if height is not None and width is not None:
+            return super().call(inputs)
+        size = keras.ops.shape(inputs)
+        at_size = keras.ops.logical_and(size[-3] == self.height, size[-2] == self.width)
+        out = keras.ops.cond(at_size, lambda: inputs, lambda: super(ResizeIfNeeded, self).call(inputs))
+        return keras.ops.reshape(out, (-1, self.height, self.width, inputs.shape[-1]))
 
 
 class FlipAveraged(keras.Model):

@@ -82,6 +82,34 @@ def test_conv_autoencoder_shapes_and_denoising_noise_only_in_training():
         build_conv_autoencoder((30, 30, 3), filters=(8, 16))
 
 
+def test_training_frames_are_mirrored_and_shifted_each_their_own_way_and_again_on_resume():
+    import tensorflow as tf
+
+    from training.epochs import set_epoch
+    from training.tasks.autoencoder import _to_pairs
+
+    frames = np.random.default_rng(0).integers(0, 256, (8, 20, 20, 3)).astype(np.float32)
+    pairs = _to_pairs(tf.data.Dataset.from_tensor_slices((frames, np.zeros(8))).batch(4), flip=True, shift=0.15, seed=1)
+
+    def epoch(n):
+        set_epoch(n)
+        return [x.numpy() for x, _ in pairs]
+
+    first, again, second = epoch(0), epoch(0), epoch(1)
+    padded = np.pad(frames / 255.0, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect")  # 15% of 20 px: up to 3 px
+    moves = []
+    for b, batch in enumerate(first):
+        for i, x in enumerate(batch):
+            source = padded[4 * b + i]
+            found = [(dy, dx, m) for dy in range(7) for dx in range(7) for m in (False, True)
+                     if np.allclose((x[:, ::-1] if m else x), source[dy:dy + 20, dx:dx + 20], atol=1e-5)]
+            assert found, "each training frame is an exact shifted (and maybe mirrored) copy"
+            moves.append(found[0])
+    assert len(set(moves)) > 4  # frames move each their own way, batch after batch
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))  # an epoch redone after a restart: the same frames
+    assert not np.array_equal(first[0], second[0])  # a new epoch: new moves
+
+
 def test_seed_autoencoder_is_dense_relu_relu_sigmoid_with_exact_parameters():
     cfg = load_config(CONFIGS / "seed" / "autoencoder.yaml")
     model = build_dense_autoencoder((32, 32, 3), code_size=64, hidden_units=(), decoder_units=(64,),

@@ -25,6 +25,25 @@ def test_any_frame_size_gives_probabilities(shape):
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
 
 
+def test_frames_of_unknown_size_are_resized_only_when_needed():
+    """A serving signature takes frames of any size: at the model's size they skip the resize, others are resized."""
+    import tensorflow as tf
+
+    from models.frame_cnn import ResizeIfNeeded
+
+    resize = ResizeIfNeeded(32, 32, antialias=True)
+    fn = tf.function(lambda x: resize(tf.cast(x, tf.float32)), input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    assert fn.get_concrete_function().structured_outputs.shape.as_list() == [None, 32, 32, 3]  # static: a Flatten head works
+    rng = np.random.default_rng(0)
+    at_size, other = rng.integers(0, 256, (2, 32, 32, 3), np.uint8), rng.integers(0, 256, (2, 50, 40, 3), np.uint8)
+    np.testing.assert_array_equal(fn(at_size).numpy(), at_size)  # untouched, not resampled
+    expected = tf.image.resize(other.astype("float32"), (32, 32), antialias=True).numpy()
+    np.testing.assert_allclose(fn(other).numpy(), expected, rtol=1e-5, atol=1e-3)
+    model = build_frame_cnn(num_classes=3, input_size=32, filters=(4,), head="flatten")
+    serve = tf.function(lambda x: model(tf.cast(x, tf.float32)), input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    assert serve(other).shape == (2, 3) and serve(at_size).shape == (2, 3)
+
+
 def test_seed_architecture_is_reproduced_exactly():
     """Conv 32/64/128 3x3 ReLU + 2x2 max pool each, Flatten, Dense 1024 ReLU, Dense 10 softmax, 224x224x3."""
     cfg = load_config(CONFIGS / "seed" / "frames.yaml")

@@ -159,6 +159,17 @@ def test_split_holds_out_the_latest_interactions_and_leaks_nothing():
     assert len(train) == 30 * 10
 
 
+def test_train_on_validation_moves_only_the_validation_items_into_training():
+    log = _log()
+    held, final = rec.make_split(log, negatives=99, seed=3), rec.make_split(log, negatives=99, seed=3, train_on_validation=True)
+    np.testing.assert_array_equal(held.test_users, final.test_users)
+    np.testing.assert_array_equal(held.test_candidates, final.test_candidates)  # the same test, item for item
+    assert len(final.val_users) == 0 and final.val_candidates.shape[0] == 0
+    validation = _pairs(held.val_users, held.val_candidates[:, 0])
+    assert _pairs(final.train_users, final.train_items) == _pairs(held.train_users, held.train_items) | validation
+    assert not _pairs(final.test_users, final.test_candidates[:, 0]) & _pairs(final.train_users, final.train_items)
+
+
 def test_split_is_deterministic_for_a_seed_and_random_without_timestamps():
     log = _log(timestamps=False)
     a, b, c = rec.make_split(log, seed=1), rec.make_split(log, seed=1), rec.make_split(log, seed=2)

@@ -309,6 +309,10 @@ class RecommenderData(_Section):
         0.0, ge=0.0, le=20.0, description="Weight each training interaction by exp(w * (r - 1)), r its place in the user's "
         "history (0 first, 1 latest): the held-out items are each user's latest, so recent taste counts more. 0: all equal."
     )
+    train_on_validation: bool = Field(
+        False, description="The final fit: each user's validation item joins training (no validation metrics), once "
+        "settings and `train.epochs` were chosen on validation. Test items and their candidates stay the same."
+    )
     train_negatives: int = Field(4, ge=1, description="Negatives sampled per training positive, drawn again every epoch (the NCF paper: 4).")
     top_k: list[Annotated[int, Field(ge=1)]] = Field(
         [10], min_length=1, description="Cut-offs K of the HR@K and NDCG@K metrics (`hr_at_K`, `ndcg_at_K`)."

@@ -25,7 +25,7 @@ class TrainResult:
     run_dir: Path
     export_dir: Path | None
     history: list
-    test_metrics: dict
+    test_metrics: dict  # the test metrics and those of the task's report (e.g. the TopPop baseline)
 
 
 class RunState:
@@ -134,7 +134,8 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
             tracker.set_tags({"export.path": str(export_dir.resolve())})
         if chief:
             state.save("finished", export_dir)
-    return TrainResult(state.run_id, tracker.uri if tracker.enabled else None, run_dir, export_dir, history, test_metrics)
+    return TrainResult(state.run_id, tracker.uri if tracker.enabled else None, run_dir, export_dir, history,
+                       {**test_metrics, **report_metrics})
 
 def export_run(cfg, task, model, data, run_id, history=(), test_metrics=None) -> Path:
     """Exports the model as the next version of `<export.dir>/<name>`, once per run."""

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import MODELS
+from training.epochs import epoch_seeds
 from training.errors import UserError
 from training.tasks import frames
 
@@ -86,18 +87,45 @@ def _list_images(root: Path, what: str) -> list[Path]:
 
 
 def _to_pairs(ds, flip=False, shift=0.0, seed=None):
-    """`(pixels in [0, 255], label)` batches -> `(x, x)` with x in [0, 1] (mirrored and shifted at random for training)."""
-    translate = keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed) if shift else None
+    """`(pixels in [0, 255], label)` batches -> `(x, x)` with x in [0, 1].
 
-    def pair(x, _):
-        x = x / 255.0
+    Training frames are mirrored and shifted at random (edges reflected), each
+    frame its own way, from seeds keyed on (seed, epoch, batch): a resumed epoch
+    sees the same frames again.
+    """
+    if not flip and not shift:
+        return ds.map(lambda x, _: (x / 255.0, x / 255.0), num_parallel_calls=AUTOTUNE)
+
+    def augment(index, batch, epoch_seed):
+        x = batch[0] / 255.0
+        seeds = tf.random.experimental.stateless_split(tf.stack([epoch_seed, index]), 2)
         if flip:
-            x = tf.image.random_flip_left_right(x)
-        if translate is not None:
-            x = translate(x, training=True)
+            x = tf.image.stateless_random_flip_left_right(x, seeds[0])
+        if shift:
+            x = _random_shift(x, shift, seeds[1])
         return x, x
 
-    return ds.map(pair, num_parallel_calls=AUTOTUNE)
+    def epoch(epoch_seed):
+        return ds.enumerate().map(lambda i, batch: augment(i, batch, epoch_seed), num_parallel_calls=AUTOTUNE)
+
+    return epoch_seeds(seed or 0).flat_map(epoch)
+
+
+def _random_shift(frames, fraction, seed):
+    """Shifts each frame of a batch by a whole number of pixels, up to `fraction` of its size, edges reflected."""
+    shape = tf.shape(frames)
+    height, width = shape[1], shape[2]
+    pad_y = tf.clip_by_value(tf.cast(fraction * tf.cast(height, tf.float32), tf.int32), 1, height - 1)
+    pad_x = tf.clip_by_value(tf.cast(fraction * tf.cast(width, tf.float32), tf.int32), 1, width - 1)
+    padded = tf.pad(frames, [[0, 0], [pad_y, pad_y], [pad_x, pad_x], [0, 0]], mode="REFLECT")
+    offsets = tf.random.stateless_uniform([shape[0], 2], seed, minval=0, maxval=1, dtype=tf.float32)
+    oy = tf.floor(offsets[:, 0] * tf.cast(2 * pad_y + 1, tf.float32))
+    ox = tf.floor(offsets[:, 1] * tf.cast(2 * pad_x + 1, tf.float32))
+    span_y, span_x = tf.cast(height + 2 * pad_y - 1, tf.float32), tf.cast(width + 2 * pad_x - 1, tf.float32)
+    boxes = tf.stack([oy / span_y, ox / span_x, (oy + tf.cast(height - 1, tf.float32)) / span_y,
+                      (ox + tf.cast(width - 1, tf.float32)) / span_x], axis=1)
+    # Box corners on pixel centres: crop_and_resize copies the pixels exactly, one crop per frame.
+    return tf.image.crop_and_resize(padded, boxes, tf.range(shape[0]), tf.stack([height, width]))
 
 
 def _load_frames(cfg, run_dir) -> Data:

@@ -303,7 +303,8 @@ def complement_items(sorted_positives: np.ndarray, ranks: np.ndarray) -> np.ndar
     return ranks + np.searchsorted(q, ranks, side="right")
 
 
-def make_split(log: Log, min_rating=None, min_user_interactions=3, negatives=99, seed=0, recency_weight=0.0) -> Split:
+def make_split(log: Log, min_rating=None, min_user_interactions=3, negatives=99, seed=0, recency_weight=0.0,
+               train_on_validation=False) -> Split:
     """Implicit feedback and the leave-one-out split of the NCF paper.
 
     Each user with at least `min_user_interactions` interactions holds out the
@@ -313,6 +314,9 @@ def make_split(log: Log, min_rating=None, min_user_interactions=3, negatives=99,
     without replacement from a generator seeded with `seed`. With
     `recency_weight` w > 0, each training interaction's weight is multiplied by
     exp(w * (r - 1)), r its place in the user's history (0 first, 1 latest).
+    With `train_on_validation`, the validation items are training interactions
+    instead (the final fit, once settings and epochs were chosen on them): the
+    test items, their negatives and the training order are unchanged.
     """
     if recency_weight and log.timestamp is None:
         raise UserError("data.recency_weight: the data has no timestamps to tell recent interactions "
@@ -351,7 +355,10 @@ def make_split(log: Log, min_rating=None, min_user_interactions=3, negatives=99,
     evaluated = np.flatnonzero(counts >= min_user_interactions)
     test_rows, val_rows = chrono[last[evaluated]], chrono[last[evaluated] - 1]
     train_mask = np.ones(len(pair_key), bool)
-    train_mask[test_rows] = train_mask[val_rows] = False
+    train_mask[test_rows] = False
+    if train_on_validation:
+        val_rows = val_rows[:0]
+    train_mask[val_rows] = False
     if recency_weight:  # the held-out items are each user's latest: recent taste says more about them
         position = np.empty(len(chrono))
         position[chrono] = np.arange(len(chrono)) - np.r_[0, np.cumsum(counts)[:-1]][pair_user[chrono]]
@@ -481,7 +488,7 @@ def load_data(cfg, run_dir) -> Data:
     d = cfg.data
     log = _read_log(cfg)
     split = make_split(log, d.min_rating, d.min_user_interactions, d.eval_negatives,
-                       cfg.seed if d.split_seed is None else d.split_seed, d.recency_weight)
+                       cfg.seed if d.split_seed is None else d.split_seed, d.recency_weight, d.train_on_validation)
     titles = log.titles or {}
     if d.items_path:
         titles = read_titles(d.items_path, d.columns)
