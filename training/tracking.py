@@ -76,7 +76,7 @@ class Tracker:
         self.cfg = cfg
         self.run_id: str | None = None
         self.uri = resolve_uri(cfg.tracking.uri)
-        self._logged_epochs = 0
+        self._logged_epochs: set[int] = set()
         if self.enabled:
             check_reachable(self.uri)
 
@@ -106,7 +106,7 @@ class Tracker:
                              "git.commit": git_commit(), **package_versions()})
         else:  # resumed: learn which epochs MLflow already has
             history = mlflow.MlflowClient().get_metric_history(self.run_id, "loss")
-            self._logged_epochs = max((m.step for m in history), default=0)
+            self._logged_epochs = {m.step for m in history}
         return self.run_id
 
     def set_tags(self, tags: dict):
@@ -116,13 +116,16 @@ class Tracker:
             mlflow.set_tags(tags)
 
     def log_epoch(self, epoch: int, logs: dict):
-        """Logs one epoch's metrics once: an epoch that MLflow already has is not logged again."""
-        if not self.enabled or epoch <= self._logged_epochs:
+        """Logs one epoch's metrics once: an epoch that MLflow already has is not logged again.
+
+        A set, not a high-water mark: a kill between an epoch's checkpoint and its
+        MLflow call leaves a gap that `log_history` fills after later epochs."""
+        if not self.enabled or epoch in self._logged_epochs:
             return
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
-        self._logged_epochs = epoch
+        self._logged_epochs.add(epoch)
 
     def log_history(self, history: list[dict]):
         for epoch, logs in enumerate(history, start=1):
