@@ -216,24 +216,21 @@ def main():
                "train_frames": len(train_pixels), "test_frames": len(test_pixels),
                "ae_test_mse": ae_mse, "pca_test_mse": pca_mse, "mse_ratio": ae_mse / pca_mse,
                "anomaly_score": cfg.anomaly.score, "clean_flagged": float(clean["is_anomaly"].mean()), "corruptions": {}}
-    all_scores, all_errors = [], []
-    for i, name in enumerate(CORRUPTIONS):
-        out = run_export(loaded, corrupt(test_pixels, name, seed=i))
-        all_scores.append(out["score"])
-        all_errors.append(out["reconstruction_error"])
-        figures["corruptions"][name] = {"auroc": auroc(clean["score"], out["score"]),
-                                        "auroc_mse": auroc(clean["reconstruction_error"], out["reconstruction_error"]),
-                                        "flagged": float(out["is_anomaly"].mean())}
-    figures["auroc_overall"] = auroc(clean["score"], np.concatenate(all_scores))
-    figures["auroc_overall_mse"] = auroc(clean["reconstruction_error"], np.concatenate(all_errors))
-    unseen_scores = []
-    for i, name in enumerate(UNSEEN):
-        out = run_export(loaded, corrupt(test_pixels, name, seed=100 + i))
-        unseen_scores.append(out["score"])
-        figures["corruptions"][name] = {"auroc": auroc(clean["score"], out["score"]),
-                                        "auroc_mse": auroc(clean["reconstruction_error"], out["reconstruction_error"]),
-                                        "flagged": float(out["is_anomaly"].mean()), "unseen": True}
-    figures["auroc_unseen"] = auroc(clean["score"], np.concatenate(unseen_scores))
+
+    def score(names, first_seed, extra):
+        """AUROC per corruption into `figures`; returns the AUROC of the score and of MSE for the group together."""
+        scores, errors = [], []
+        for i, name in enumerate(names):
+            out = run_export(loaded, corrupt(test_pixels, name, seed=first_seed + i))
+            scores.append(out["score"])
+            errors.append(out["reconstruction_error"])
+            figures["corruptions"][name] = {"auroc": auroc(clean["score"], out["score"]),
+                                            "auroc_mse": auroc(clean["reconstruction_error"], out["reconstruction_error"]),
+                                            "flagged": float(out["is_anomaly"].mean()), **extra}
+        return auroc(clean["score"], np.concatenate(scores)), auroc(clean["reconstruction_error"], np.concatenate(errors))
+
+    figures["auroc_overall"], figures["auroc_overall_mse"] = score(CORRUPTIONS, 0, {})
+    figures["auroc_unseen"], _ = score(UNSEEN, 100, {"unseen": True})
 
     print(f"\nexport {export_dir}  (code size {k}, {len(train_pixels)} training and {len(test_pixels)} test frames"
           + (f", trained in {train_seconds / 60:.1f} min" if train_seconds else "") + ")")

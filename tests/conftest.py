@@ -17,6 +17,16 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# The start of a script run with `python -I -c` to load an export where reelml cannot be imported.
+WITHOUT_REELML = """
+import sys, importlib.abc, json
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('models', 'training', 'reelml'):
+            raise ImportError('reelml must not be importable here: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
 
 @pytest.fixture(scope="session")
 def sample_frames(tmp_path_factory):

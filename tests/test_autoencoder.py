@@ -21,7 +21,7 @@ from training.config import load_config, validate
 from training.errors import ConfigError, UserError
 from training.train import train
 
-from conftest import CONFIGS, SHARED_DATA, run_cli, smoke_overrides
+from conftest import CONFIGS, SHARED_DATA, WITHOUT_REELML, run_cli, smoke_overrides
 
 
 def _train_in(workdir, config, overrides):
@@ -169,14 +169,7 @@ def test_export_serves_bytes_of_any_size_without_reelml_and_refuses_wrong_types(
     frame = sample_frames / "test" / "exterior" / "exterior_0000.jpg"
     wide = tf.io.encode_png(tf.image.resize(tf.io.decode_jpeg(frame.read_bytes()), (30, 70)).numpy().astype(np.uint8)).numpy()
     (tmp_path / "wide.png").write_bytes(wide)
-    script = f"""
-import sys, importlib.abc, json
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('models', 'training', 'reelml'):
-            raise ImportError('reelml must not be importable here: ' + name)
-sys.meta_path.insert(0, Block())
-import numpy as np, tensorflow as tf
+    script = WITHOUT_REELML + f"""import numpy as np, tensorflow as tf
 m = tf.saved_model.load({str(export_dir)!r})
 images = tf.constant([open({str(frame)!r}, 'rb').read(), open({str(tmp_path / 'wide.png')!r}, 'rb').read()])
 out = {{}}

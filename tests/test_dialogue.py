@@ -20,7 +20,7 @@ from training.errors import ConfigError, UserError
 from training.tasks import dialogue
 from training.train import train
 
-from conftest import CONFIGS
+from conftest import CONFIGS, WITHOUT_REELML
 
 SMOKE = CONFIGS / "smoke" / "dialogue.yaml"
 
@@ -276,14 +276,7 @@ def test_next_token_gives_the_likeliest_tokens_and_their_probabilities(trained):
     assert 0.9 < everything["probability"].numpy().sum() <= 1 + 1e-6
 
 
-_RELOAD = """
-import sys, importlib.abc, json
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('models', 'training', 'reelml'):
-            raise ImportError('reelml must not be importable here: ' + name)
-sys.meta_path.insert(0, Block())
-import tensorflow as tf
+_RELOAD = WITHOUT_REELML + """import tensorflow as tf
 assert not tf.config.list_logical_devices('GPU')
 loaded = tf.saved_model.load(sys.argv[1])
 out = loaded.signatures['generate'](prompt=tf.constant(['ROMEO:']), max_tokens=tf.constant(25), temperature=tf.constant(0.7),

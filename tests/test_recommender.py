@@ -19,7 +19,7 @@ from training.errors import ConfigError, UserError
 from training.tasks import recommender as rec
 from training.train import train
 
-from conftest import CONFIGS, SHARED_DATA, run_cli
+from conftest import CONFIGS, SHARED_DATA, WITHOUT_REELML, run_cli
 
 ML100K = SHARED_DATA / "movielens_100k"
 needs_ml100k = pytest.mark.skipif(not (ML100K / "u.data").exists(), reason=f"MovieLens 100K not found at {ML100K}")
@@ -349,14 +349,7 @@ def test_pretraining_from_another_split_is_refused(trained, monkeypatch):
         build_model(cfg, data)
 
 
-_RELOAD = """
-import sys, importlib.abc, json
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('models', 'training', 'reelml'):
-            raise ImportError('reelml must not be importable here: ' + name)
-sys.meta_path.insert(0, Block())
-import tensorflow as tf
+_RELOAD = WITHOUT_REELML + """import tensorflow as tf
 m = tf.saved_model.load(sys.argv[1])
 users = json.loads(sys.argv[2])
 rec = m.signatures['recommend'](user_id=tf.constant(users), k=tf.constant(10))

@@ -15,7 +15,7 @@ from training.config import load_config
 from training.errors import UserError
 from training.train import train
 
-from conftest import CONFIGS, smoke_overrides, write_jpeg_folders
+from conftest import CONFIGS, WITHOUT_REELML, smoke_overrides, write_jpeg_folders
 
 SMOKE_CONFIGS = sorted((CONFIGS / "smoke").rglob("*.yaml"))
 
@@ -81,14 +81,7 @@ def test_export_reloads_without_reelml_and_matches_the_checkpoint(sample_frames,
     pixels = next(iter(data.test))[0].numpy()
     want = np.asarray(model(pixels, training=False))
     np.save(workdir / "pixels.npy", pixels.astype(np.uint8))
-    script = f"""
-import sys, importlib.abc, json
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('models', 'training', 'reelml'):
-            raise ImportError('reelml must not be importable here: ' + name)
-sys.meta_path.insert(0, Block())
-import numpy as np, tensorflow as tf
+    script = WITHOUT_REELML + f"""import numpy as np, tensorflow as tf
 loaded = tf.saved_model.load({str(result.export_dir)!r})
 out = loaded.signatures['classify_pixels'](pixels=tf.constant(np.load({str(workdir / 'pixels.npy')!r})))
 print(json.dumps(out['probabilities'].numpy().tolist()))

@@ -93,11 +93,16 @@ def _to_pairs(ds, flip=False, shift=0.0, seed=None):
     frame its own way, from seeds keyed on (seed, epoch, batch): a resumed epoch
     sees the same frames again.
     """
+
+    def scaled(x, _):
+        x = x / 255.0
+        return x, x
+
     if not flip and not shift:
-        return ds.map(lambda x, _: (x / 255.0, x / 255.0), num_parallel_calls=AUTOTUNE)
+        return ds.map(scaled, num_parallel_calls=AUTOTUNE)
 
     def augment(index, batch, epoch_seed):
-        x = batch[0] / 255.0
+        x, _ = scaled(*batch)
         seeds = tf.random.experimental.stateless_split(tf.stack([epoch_seed, index]), 2)
         if flip:
             x = tf.image.stateless_random_flip_left_right(x, seeds[0])
