@@ -121,7 +121,7 @@ def build_frame_cnn(
                 name=f"block{b}_conv{c}",
             )(x)
             if batch_norm:
-                x = layers.BatchNormalization(
+                x = FusedBatchNormalization(
                     momentum=batch_norm_momentum, synchronized=sync_batch_norm, name=f"block{b}_bn{c}"
                 )(x)
                 x = layers.ReLU(name=f"block{b}_relu{c}")(x)
@@ -140,6 +140,46 @@ def build_frame_cnn(
     )(x)
     model = keras.Model(inputs, outputs, name="frame_cnn")
     return FlipAveraged(model, name="frame_cnn_tta") if test_time_flip else model
+
+
+class FusedBatchNormalization(layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` computed by TensorFlow's fused kernel where it can be.
+
+    Keras 3 normalises in separate elementwise passes (moments, scale, shift,
+    and as many again for the gradients); on a CPU that was a quarter of the
+    frame CNN's training step (docs/benchmarks.md). `tf.nn.fused_batch_norm`
+    does the same arithmetic in one oneDNN kernel. Same variables, same
+    statistics (the moving variance uses the biased batch variance, as Keras
+    does). Where batch statistics must be summed over replicas
+    (`synchronized=True` under a strategy with several replicas), and for
+    anything but 4-D channels-last inputs, it is Keras' own layer.
+    """
+
+    def _fusable(self, inputs, mask):
+        return (mask is None and not self.renorm and self.scale and self.center and len(inputs.shape) == 4
+                and self.axis in (-1, 3) and self.epsilon > 1.001e-5)
+
+    def call(self, inputs, training=None, mask=None):
+        import tensorflow as tf  # reelml runs Keras on the TensorFlow backend
+
+        batch_stats = bool(training) and self.trainable
+        replicas = tf.distribute.get_replica_context()
+        across_replicas = replicas is None or replicas.num_replicas_in_sync > 1
+        if not self._fusable(inputs, mask) or (batch_stats and self.synchronized and across_replicas):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)
+        if not batch_stats:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, data_format="NHWC", is_training=False)
+            return tf.cast(y, self.compute_dtype)
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, self.gamma, self.beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+        count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel returns the unbiased variance
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return tf.cast(y, self.compute_dtype)
 
 
 class ResizeIfNeeded(layers.Resizing):

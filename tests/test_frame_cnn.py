@@ -44,6 +44,37 @@ def test_frames_of_unknown_size_are_resized_only_when_needed():
     assert serve(other).shape == (2, 3) and serve(at_size).shape == (2, 3)
 
 
+def test_fused_batch_norm_matches_keras_batch_norm():
+    """Outputs, gradients and moving statistics equal Keras' layer's, in training and in inference."""
+    import tensorflow as tf
+
+    from models.frame_cnn import FusedBatchNormalization
+
+    x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 5, 5, 4)).astype("float32"))
+    keras_bn, fused = keras.layers.BatchNormalization(momentum=0.9), FusedBatchNormalization(momentum=0.9)
+    for layer in (keras_bn, fused):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, 4))
+        layer.beta.assign(np.linspace(-1.0, 1.0, 4))
+    weights = tf.constant(np.random.default_rng(1).normal(0, 1, x.shape).astype("float32"))
+    grads = []
+    for layer in (keras_bn, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * weights)
+        grads.append([y, *tape.gradient(loss, [x, layer.gamma, layer.beta])])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), keras_bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), keras_bn.moving_variance.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused(x, training=False).numpy(), keras_bn(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(fused.moving_variance.numpy(), 1.0)  # the statistics did move
+    for training in (True, False):  # and the fused kernel is what ran
+        graph = tf.function(lambda t: fused(t, training=training)).get_concrete_function(x).graph
+        assert any(op.type.startswith("FusedBatchNorm") for op in graph.get_operations())
+
+
 def test_seed_architecture_is_reproduced_exactly():
     """Conv 32/64/128 3x3 ReLU + 2x2 max pool each, Flatten, Dense 1024 ReLU, Dense 10 softmax, 224x224x3."""
     cfg = load_config(CONFIGS / "seed" / "frames.yaml")
