@@ -202,8 +202,8 @@ def main():
         export_dir = result.export_dir
     export_dir = Path(export_dir).resolve()
 
-    # The frames exactly as the run split them: training split (no flips, no shifts) for PCA, test split for both.
-    plain = load_config(config, overrides + ["data.random_flip=false", "data.random_shift=0", "data.cache=none"])
+    # The frames exactly as the run split them: training split (no flips, shifts or zooms) for PCA, test split for both.
+    plain = load_config(config, overrides + ["data.random_flip=false", "data.random_shift=0", "data.random_zoom=0", "data.cache=none"])
     data = autoencoder.load_data(plain, workdir / "bench-data")
     train_pixels, test_pixels = pixels_of(data.train), pixels_of(data.test)
     loaded = tf.saved_model.load(str(export_dir))

@@ -110,6 +110,33 @@ def test_training_frames_are_mirrored_and_shifted_each_their_own_way_and_again_o
     assert not np.array_equal(first[0], second[0])  # a new epoch: new moves
 
 
+def test_zoom_crops_a_square_of_the_configured_size_anywhere_and_resizes_it_back():
+    import tensorflow as tf
+
+    from training.epochs import set_epoch
+    from training.tasks.autoencoder import _to_pairs
+
+    # Channel 0 ramps from 0 to 1 left to right, channel 1 top to bottom: a crop resized back is a ramp again,
+    # whose slope is the crop's side and whose start is the crop's corner.
+    ramp = np.linspace(0.0, 255.0, 32, dtype=np.float32)
+    frame = np.stack([np.tile(ramp, (32, 1)), np.tile(ramp[:, None], (1, 32)), np.zeros((32, 32), np.float32)], -1)
+    pairs = _to_pairs(tf.data.Dataset.from_tensor_slices((np.repeat(frame[None], 16, 0), np.zeros(16))).batch(8),
+                      zoom=0.3, seed=3)
+    set_epoch(0)
+    batches = [(x.numpy(), y.numpy()) for x, y in pairs]
+    sides = []
+    for x, y in batches:
+        assert np.array_equal(x, y) and x.shape == (8, 32, 32, 3)
+        for f in x:
+            side_x, side_y = f[0, -1, 0] - f[0, 0, 0], f[-1, 0, 1] - f[0, 0, 1]
+            assert side_x == pytest.approx(side_y, abs=1e-5)  # square: the aspect ratio is kept
+            assert 0.7 - 1e-5 <= side_x <= 1.0 + 1e-5
+            assert 0.0 <= f[0, 0, 0] <= 1.0 - side_x + 1e-5 and 0.0 <= f[0, 0, 1] <= 1.0 - side_y + 1e-5  # inside the frame
+            np.testing.assert_allclose(np.diff(f[..., 0], axis=1), side_x / 31, atol=1e-5)  # evenly resized back
+            sides.append(side_x)
+    assert np.ptp(sides) > 0.1  # each frame its own zoom
+
+
 def test_seed_autoencoder_is_dense_relu_relu_sigmoid_with_exact_parameters():
     cfg = load_config(CONFIGS / "seed" / "autoencoder.yaml")
     model = build_dense_autoencoder((32, 32, 3), code_size=64, hidden_units=(), decoder_units=(64,),

@@ -35,7 +35,7 @@ NO_RANDOM_LAYERS = {
     "frames": ["model.dropout=0", "model.augment=false"],
     "recommender": [],
     "dialogue": ["model.dropout=0"],
-    "autoencoder": ["model.noise_stddev=0", "data.random_flip=false", "data.random_shift=0"],
+    "autoencoder": ["model.noise_stddev=0", "data.random_flip=false", "data.random_shift=0", "data.random_zoom=0"],
 }
 FAMILIES = [name for name in ("frames", "recommender", "dialogue", "autoencoder") if (CONFIGS / "smoke" / f"{name}.yaml").exists()]
 # Two workers sum gradients in another order than one device: float32 round-off, nothing more.

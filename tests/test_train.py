@@ -134,6 +134,26 @@ def test_crash_then_same_command_resumes_the_same_run(sample_frames, workdir, mo
     assert export_lib.versions(workdir / "exports" / cfg.name) == [1]
 
 
+def test_kill_after_export_before_finish_logs_test_metrics_and_exports_once(sample_frames, workdir, monkeypatch):
+    from training import tracking
+
+    cfg = _smoke(sample_frames, workdir)
+    real_log_artifacts = tracking.Tracker.log_artifacts
+
+    def killed_after_export(self, directory, artifact_path):
+        raise KeyboardInterrupt("simulated kill between the export and the run's end")
+
+    monkeypatch.setattr(tracking.Tracker, "log_artifacts", killed_after_export)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(tracking.Tracker, "log_artifacts", real_log_artifacts)
+
+    result = train(cfg)
+    assert _metric_steps(result.tracking_uri, result.run_id, "test_loss") == [0]
+    assert _metric_steps(result.tracking_uri, result.run_id, "loss") == [1, 2]
+    assert export_lib.versions(workdir / "exports" / cfg.name) == [1]
+
+
 def test_finished_run_then_same_command_starts_a_new_run(sample_frames, workdir):
     cfg = _smoke(sample_frames, workdir)
     first, second = train(cfg), train(cfg)

@@ -192,6 +192,10 @@ class AutoencoderData(FramesData):
         0.0, ge=0.0, lt=0.5, description="Frames: shift training frames at random by up to this fraction of their size "
         "(edges reflected; input and target alike); 0: no shifts."
     )
+    random_zoom: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Frames: zoom training frames in at random: a square crop of (1 - this) to all of "
+        "the frame's side, anywhere in it, resized back (input and target alike); 0: no zoom."
+    )
 
     @model_validator(mode="after")
     def _table_needs(self):

@@ -77,6 +77,7 @@ class Tracker:
         self.run_id: str | None = None
         self.uri = resolve_uri(cfg.tracking.uri)
         self._logged_epochs: set[int] = set()
+        self._logged_finals: set[str] = set()
         if self.enabled:
             check_reachable(self.uri)
 
@@ -107,6 +108,8 @@ class Tracker:
         else:  # resumed: learn which epochs MLflow already has
             history = mlflow.MlflowClient().get_metric_history(self.run_id, "loss")
             self._logged_epochs = {m.step for m in history}
+            # A kill after the final metrics were logged but before the run finished: they are not logged twice.
+            self._logged_finals = set(mlflow.get_run(self.run_id).data.metrics)
         return self.run_id
 
     def set_tags(self, tags: dict):
@@ -131,11 +134,14 @@ class Tracker:
         for epoch, logs in enumerate(history, start=1):
             self.log_epoch(epoch, logs)
 
-    def log_metrics(self, metrics: dict, step: int | None = None):
+    def log_final(self, metrics: dict):
+        """Logs the run's end-of-training metrics (test, report) once, at step 0; a resumed run skips those MLflow has."""
+        metrics = {k: float(v) for k, v in metrics.items() if k not in self._logged_finals}
         if self.enabled and metrics:
             import mlflow
 
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            mlflow.log_metrics(metrics)
+            self._logged_finals.update(metrics)
 
     def log_figure(self, figure, name: str):
         """Logs a matplotlib figure as `plots/<name>` and closes it."""

@@ -122,7 +122,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
         if data.test is not None:
             test_metrics = steps.evaluate(strategy.experimental_distribute_dataset(data.test), prefix="test_")
         report_metrics, figures = task.report(cfg, model, data)
-        tracker.log_metrics({**test_metrics, **report_metrics})
+        tracker.log_final({**test_metrics, **report_metrics})
         figures["learning_curves.png"] = tracking.learning_curves(history)
         for name, figure in figures.items():
             tracker.log_figure(figure, name)
@@ -132,8 +132,9 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
             export_dir = export_run(cfg, task, model, data, state.run_id, history, test_metrics)
             tracker.log_artifacts(export_dir, "export")
             tracker.set_tags({"export.path": str(export_dir.resolve())})
-        if chief:
-            state.save("finished", export_dir)
+    # After MLflow has the run as FINISHED: a kill in between resumes the run, which finds everything done.
+    if chief:
+        state.save("finished", export_dir)
     return TrainResult(state.run_id, tracker.uri if tracker.enabled else None, run_dir, export_dir, history,
                        {**test_metrics, **report_metrics})
 

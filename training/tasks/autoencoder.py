@@ -86,28 +86,30 @@ def _list_images(root: Path, what: str) -> list[Path]:
     return files
 
 
-def _to_pairs(ds, flip=False, shift=0.0, seed=None):
+def _to_pairs(ds, flip=False, shift=0.0, zoom=0.0, seed=None):
     """`(pixels in [0, 255], label)` batches -> `(x, x)` with x in [0, 1].
 
-    Training frames are mirrored and shifted at random (edges reflected), each
-    frame its own way, from seeds keyed on (seed, epoch, batch): a resumed epoch
-    sees the same frames again.
+    Training frames are mirrored, shifted (edges reflected) and zoomed in at
+    random, each frame its own way, from seeds keyed on (seed, epoch, batch): a
+    resumed epoch sees the same frames again.
     """
 
     def scaled(x, _):
         x = x / 255.0
         return x, x
 
-    if not flip and not shift:
+    if not flip and not shift and not zoom:
         return ds.map(scaled, num_parallel_calls=AUTOTUNE)
 
     def augment(index, batch, epoch_seed):
         x, _ = scaled(*batch)
-        seeds = tf.random.experimental.stateless_split(tf.stack([epoch_seed, index]), 2)
+        seeds = tf.random.experimental.stateless_split(tf.stack([epoch_seed, index]), 3)
         if flip:
             x = tf.image.stateless_random_flip_left_right(x, seeds[0])
         if shift:
             x = _random_shift(x, shift, seeds[1])
+        if zoom:
+            x = _random_zoom(x, zoom, seeds[2])
         return x, x
 
     def epoch(epoch_seed):
@@ -131,6 +133,16 @@ def _random_shift(frames, fraction, seed):
                       (ox + tf.cast(width - 1, tf.float32)) / span_x], axis=1)
     # Box corners on pixel centres: crop_and_resize copies the pixels exactly, one crop per frame.
     return tf.image.crop_and_resize(padded, boxes, tf.range(shape[0]), tf.stack([height, width]))
+
+
+def _random_zoom(frames, fraction, seed):
+    """Zooms each frame of a batch in: a square crop of `1 - fraction` to all of its side, at a random place, resized back."""
+    shape = tf.shape(frames)
+    draws = tf.random.stateless_uniform([shape[0], 3], seed, dtype=tf.float32)
+    side = 1.0 - fraction * draws[:, 0]
+    top, left = (1.0 - side) * draws[:, 1], (1.0 - side) * draws[:, 2]
+    boxes = tf.stack([top, left, top + side, left + side], axis=1)  # side 1: the frame itself, pixel for pixel
+    return tf.image.crop_and_resize(frames, boxes, tf.range(shape[0]), shape[1:3])
 
 
 def _load_frames(cfg, run_dir) -> Data:
@@ -171,7 +183,7 @@ def _load_frames(cfg, run_dir) -> Data:
         fingerprint = frames._fingerprint_files(files, train_dir)
     train, validation, test = splits
     return Data(
-        train=_to_pairs(train, flip=d.random_flip, shift=d.random_shift, seed=cfg.seed),
+        train=_to_pairs(train, flip=d.random_flip, shift=d.random_shift, zoom=d.random_zoom, seed=cfg.seed),
         validation=_to_pairs(validation) if validation is not None else None,
         test=_to_pairs(test) if test is not None else None,
         train_steps=train_steps,
