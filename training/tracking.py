@@ -109,7 +109,7 @@ class Tracker:
             history = mlflow.MlflowClient().get_metric_history(self.run_id, "loss")
             self._logged_epochs = {m.step for m in history}
             # A kill after the final metrics were logged but before the run finished: they are not logged twice.
-            self._logged_finals = set(mlflow.get_run(self.run_id).data.metrics)
+            self._logged_finals = set(run.data.metrics)  # start_run fetched the run: no second request
         return self.run_id
 
     def set_tags(self, tags: dict):
