@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +74,54 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
         [sys.executable, "-m", "training.cli", *map(str, args)],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port`, its store and artifacts under `root`; returns once healthy."""
+    log = open(root / "server.log", "a")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_mlflow_server(proc)
+            raise RuntimeError("mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+    proc.wait(timeout=60)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """(URI, artifact folder) of a real `mlflow server` on 127.0.0.1, stopped after the test."""
+    for attempt in range(3):  # a free port can be taken by another process before the server binds it
+        try:
+            proc = start_mlflow_server(tmp_path, port := free_port())
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    try:
+        yield f"http://127.0.0.1:{port}", tmp_path / "artifacts"
+    finally:
+        stop_mlflow_server(proc)

@@ -138,6 +138,8 @@ def _run(args) -> int:
 
 
 def _print_summary(cfg, result):
+    import shlex
+
     print()
     for k, v in result.test_metrics.items():
         print(f"{k}: {v:.4f}")
@@ -151,9 +153,11 @@ def _print_summary(cfg, result):
         if cfg.task == "autoencoder":
             table = cfg.data.source in ("table", "sample_table")
             inputs = ("ROWS.csv" if table else "FRAMES_OR_VIDEOS...") + " --anomalies [--embed embeddings.parquet]"
-        print(f"  predict: reelml predict {export_dir.parent} {inputs}")
-        print(f"  serve:   docker run -p 8501:8501 -v {export_dir.parent.resolve()}:/models/{cfg.name} "
-              f"-e MODEL_NAME={cfg.name} tensorflow/serving")
+        print(f"  predict: reelml predict {shlex.quote(str(export_dir.parent))} {inputs}")
+        # Bound to this machine only: TF Serving has no authentication; publish it wider on purpose, not by default.
+        volume = shlex.quote(f"{export_dir.parent.resolve()}:/models/{cfg.name}")
+        print(f"  serve:   docker run -p 127.0.0.1:8501:8501 -v {volume} "
+              f"-e MODEL_NAME={shlex.quote(cfg.name)} tensorflow/serving")
 
 
 if __name__ == "__main__":

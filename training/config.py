@@ -4,9 +4,11 @@ A run is described by one YAML file. Each key below has a type, a default and a
 one-line reason; `docs/config.md` is generated from these declarations
 (`python scripts/gen_config_docs.py`), so the documentation cannot drift.
 
-Loading is strict: unknown keys, wrong types, out-of-range values, missing
-files and malformed `--set` overrides raise `ConfigError`, whose message names
-the dotted key (or the file), the bad value and what was expected.
+Loading is strict: unknown keys, keys given twice, wrong types (a boolean is
+not a number), out-of-range or non-finite values (`.inf`, `.nan`), missing
+files, YAML aliases that expand into a huge document ("billion laughs") and
+malformed `--set` overrides raise `ConfigError`, whose message names the dotted
+key (or the file), the bad value (cut to one short line) and what was expected.
 
 YAML is read with YAML 1.2 scalars: `1e-3` is a float (PyYAML alone reads a
 string) and only `true`/`false` are booleans (PyYAML alone reads `no` as false).
@@ -18,11 +20,15 @@ import copy
 import hashlib
 import json
 import re
+import reprlib
+import types
+import typing
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from training.errors import ConfigError
 
@@ -30,8 +36,83 @@ from training.errors import ConfigError
 # --------------------------------------------------------------------------- YAML
 
 
+# A config has a few hundred values; aliases that expand into more are an alias bomb ("billion laughs").
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 100
+
+
+class _YamlProblem(yaml.YAMLError):
+    """A document that parses but cannot be a config: a duplicate key, an alias bomb, a loop."""
+
+    def __init__(self, message: str, mark):
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
 class _Yaml12Loader(yaml.SafeLoader):
-    """`yaml.SafeLoader` with YAML 1.2 core-schema booleans and floats."""
+    """`yaml.SafeLoader` with YAML 1.2 core-schema booleans and floats.
+
+    Before building Python objects it walks the document as its aliases expand
+    it: a key given twice in one mapping is an error (PyYAML keeps the last one
+    silently), and so is a document that expands into more than
+    `MAX_YAML_NODES` values or nests deeper than `MAX_YAML_DEPTH` or loops back
+    into itself. Keys brought in by a `<<` merge key may be overridden: that is
+    what merging is for.
+    """
+
+    key_prefix: tuple = ()  # the dotted key a `--set` value goes to
+
+    def construct_document(self, node):
+        self._check_document(node)
+        return super().construct_document(node)
+
+    def _check_document(self, root) -> None:
+        count = 0
+        ancestors: set[int] = set()
+
+        def where(path) -> str:
+            keys = list(self.key_prefix) + list(path)
+            while keys and isinstance(keys[-1], int):  # name the key, not the list index
+                keys.pop()
+            return f"key `{'.'.join(map(str, keys))}`: " if keys else ""
+
+        def visit(node, path) -> None:
+            nonlocal count
+            count += 1
+            if count > MAX_YAML_NODES:
+                raise _YamlProblem(f"{where(path)}aliases expand the document into more than {MAX_YAML_NODES:,} values "
+                                   "(an alias bomb?); a config needs far fewer", node.start_mark)
+            if isinstance(node, yaml.ScalarNode):
+                return
+            if id(node) in ancestors:
+                raise _YamlProblem(f"{where(path)}an alias refers to a value that contains it (a loop)", node.start_mark)
+            if len(ancestors) >= MAX_YAML_DEPTH:
+                raise _YamlProblem(f"{where(path)}nested more than {MAX_YAML_DEPTH} levels deep", node.start_mark)
+            ancestors.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                for i, item in enumerate(node.value):
+                    visit(item, path + (i,))
+            else:
+                seen = {}
+                for key_node, value_node in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        visit(value_node, path)  # merged keys: this mapping's own keys may override them
+                        continue
+                    visit(key_node, path)
+                    key = None
+                    if isinstance(key_node, yaml.ScalarNode):  # other keys are refused when the mapping is built
+                        key = self.construct_object(key_node)
+                        first = seen.setdefault(key, key_node)
+                        if first is not key_node:
+                            a, b = first.start_mark, key_node.start_mark
+                            at = (f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}" if a.line == b.line
+                                  else f"lines {a.line + 1} and {b.line + 1}")
+                            dotted = ".".join(map(str, list(self.key_prefix) + list(path) + [key]))
+                            raise _YamlProblem(f"key `{dotted}` appears twice ({at}); give each key once", b)
+                    visit(value_node, path + (key,))
+            ancestors.discard(id(node))
+
+        visit(root, ())
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -52,24 +133,67 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str, source: str = "<string>") -> Any:
-    """Parses YAML text safely (no Python objects), with YAML 1.2 scalars."""
+def yaml_load(text: str, source: str = "<string>", key_prefix: str = "") -> Any:
+    """Parses YAML text safely (no Python objects), with YAML 1.2 scalars.
+
+    Duplicate keys, alias bombs and self-referencing aliases are errors;
+    `key_prefix` (the dotted key of a `--set` value) prefixes the keys named in them.
+    """
+    loader = _Yaml12Loader(text)
+    loader.key_prefix = tuple(key_prefix.split(".")) if key_prefix else ()
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        return loader.get_single_data()
+    except _YamlProblem as e:
+        raise ConfigError(f"{source}:{e.mark.line + 1}: {e.message}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply to be a config)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+    finally:
+        loader.dispose()
 
 
 # --------------------------------------------------------------------------- schema
 
 
+def _wants_number(annotation, value) -> Optional[str]:
+    """`"an integer"` or `"a number"` where `value` holds a boolean at a place `annotation` wants an int or
+    float (pydantic would read `true` as 1), else None. Looks inside lists, Optional and Union."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if annotation is bool:
+        return None
+    if annotation in (int, float):
+        return ("an integer" if annotation is int else "a number") if isinstance(value, bool) else None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if any(a is bool or a is Any for a in args):
+            return None
+        return next((w for a in args if (w := _wants_number(a, value))), None)
+    if origin in (list, tuple, set, frozenset) and isinstance(value, (list, tuple, set, frozenset)) and args:
+        return next((w for v in value if (w := _wants_number(args[0], v))), None)
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return next((w for v in value.values() if (w := _wants_number(args[1], v))), None)
+    return None
+
+
 class _Section(BaseModel):
     # Unknown keys are errors (typos must not become silent new keys); a value
-    # assigned later is validated again.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # assigned later is validated again. Numbers are finite: `.inf` and `.nan`
+    # are errors, and so are booleans where a number is expected.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info: ValidationInfo):
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        wanted = _wants_number(field.annotation, value) if field is not None else None
+        if wanted:
+            raise ValueError(f"got {_short_repr(value)}: expected {wanted}, not a boolean")
+        return value
 
 
 class FramesData(_Section):
@@ -159,7 +283,7 @@ class FrameCNNModel(_Section):
         if isinstance(self.convs_per_block, list) and len(self.convs_per_block) != len(self.filters):
             raise ValueError(
                 f"key `model.convs_per_block`: expected one entry per block of `model.filters` ({len(self.filters)}), "
-                f"got {self.convs_per_block}"
+                f"got {_short_repr(self.convs_per_block)}"
             )
         return self
 
@@ -518,6 +642,21 @@ class Train(_Section):
         return self
 
 
+# The tracking stores MLflow can open (mlflow.tracking._tracking_service.utils), by URI scheme.
+TRACKING_URI_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
+_DB_SCHEME = re.compile(r"(?:sqlite|postgresql|mysql|mssql)(?:\+[a-z0-9_]+)?")
+
+
+def tracking_uri_problem(uri: str) -> Optional[str]:
+    """Why MLflow cannot use `uri` as a tracking store (its scheme), or None if it can."""
+    scheme = urllib.parse.urlparse(uri).scheme  # lower-cased; MLflow reads it the same way
+    if not scheme or len(scheme) == 1 or scheme in TRACKING_URI_SCHEMES or _DB_SCHEME.fullmatch(scheme):
+        return None  # a local path (a Windows drive letter too), or a scheme MLflow opens
+    return (f"scheme `{scheme}:` is not one MLflow can track to; expected a local path or a URI starting with "
+            "file:, sqlite:, postgresql:, mysql:, mssql: (or dialect+driver:, e.g. postgresql+psycopg2:), "
+            "http:, https:, databricks, databricks-uc or uc:")
+
+
 class Tracking(_Section):
     """Where the run is recorded."""
 
@@ -527,6 +666,13 @@ class Tracking(_Section):
     experiment: str = Field("reelml", min_length=1, description="MLflow experiment name.")
     run_name: Optional[str] = Field(None, description="MLflow run name; unset: the config's `name`.")
     enabled: bool = Field(True, description="Track the run in MLflow (turn off for throwaway runs).")
+
+    @field_validator("uri")
+    @classmethod
+    def _mlflow_can_open(cls, uri):
+        if uri is not None and (problem := tracking_uri_problem(uri)):
+            raise ValueError(problem)
+        return uri
 
 
 class Export(_Section):
@@ -646,7 +792,11 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 def _read_yaml_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """Reads a config file, resolving `base:` (relative to the file) recursively."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        raise ConfigError(f"{_short_repr(str(path))}: cannot read the config ({e})") from None
+    if not exists:
         raise ConfigError(f"{path}: config file not found")
     if not path.is_file():
         raise ConfigError(f"{path}: expected a YAML file, found a directory")
@@ -665,8 +815,8 @@ def _read_yaml_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: key `base`: expected a path to another YAML config, got {base!r}")
+    if not isinstance(base, str) or not base.strip() or "\0" in base:
+        raise ConfigError(f"{path}: key `base`: expected a path to another YAML config, got {_short_repr(base)}")
     parent = _read_yaml_file(path.parent / base, chain + (resolved,))
     return _deep_merge(parent, data)
 
@@ -680,7 +830,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
         raise ConfigError(f"--set {text!r}: `{key}` is not a dotted key (letters, digits and _ separated by dots)")
-    value = yaml_load(raw, f"--set {key}") if raw.strip() else None
+    value = yaml_load(raw, f"--set {key}", key_prefix=key) if raw.strip() else None
     return parts, value
 
 
@@ -692,6 +842,31 @@ def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> None
             raise ConfigError(f"--set {text}: `{'.'.join(parts[: i + 1])}` is a value, not a section")
         node = child
     node[parts[-1]] = value
+
+
+class _YamlRepr(reprlib.Repr):
+    """`reprlib.Repr` that writes booleans and null as YAML does (the user wrote `true`, not `True`)."""
+
+    def repr_bool(self, x, level):
+        return "true" if x else "false"
+
+    def repr_NoneType(self, x, level):  # noqa: N802 - reprlib looks methods up by type name
+        return "null"
+
+
+_REPR = _YamlRepr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 8, 8
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 78, 78, 40
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """A one-line repr of a value as the user gave it, cut at about `limit` characters.
+
+    A value can be huge (a long list, a long string, aliases that repeat a list
+    many times): error messages show its start only.
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe_expected(err: dict) -> str:
@@ -722,7 +897,7 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
             lines.append(f"{source}: key `{loc}` does not exist (check the spelling; docs/config.md lists every key)")
         else:
             expected = " or ".join(dict.fromkeys(_describe_expected(x) for x in errs))
-            lines.append(f"{source}: key `{loc}`: got {err.get('input')!r}: {expected}")
+            lines.append(f"{source}: key `{loc}`: got {_short_repr(err.get('input'))}: {expected}")
     return "\n".join(lines)
 
 
@@ -750,9 +925,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 def validate(data: dict, source: str = "config") -> RunConfig:
     """Validates a config dict against the schema of its `task` (default `frames`)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
     task = data.get("task", "frames")
-    if task not in RUN_CONFIGS:
-        raise ConfigError(f"{source}: key `task`: got {task!r}: expected one of {', '.join(map(repr, RUN_CONFIGS))}")
+    if not isinstance(task, str) or task not in RUN_CONFIGS:  # a list or mapping cannot even be looked up
+        raise ConfigError(f"{source}: key `task`: got {_short_repr(task)}: expected one of {', '.join(map(repr, RUN_CONFIGS))}")
     try:
         return RUN_CONFIGS[task].model_validate(data)
     except ValidationError as e:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
-import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -67,6 +70,52 @@ def find_run_export(root: Path, run_id: str | None) -> Path | None:
     return None
 
 
+# A version is written as `.tmp-<pid>@<host>-<hex>` (and its check's files in `...-verify`), so a later
+# writer on the same host can tell the leftovers of a killed writer from those of a live one.
+_TMP = re.compile(r"^\.tmp-(\d+)@(.+)-[0-9a-f]{8}(-verify)?$")
+_LEGACY_TMP_AGE_S = 3600  # `.tmp-<hex>` of older versions name no writer: removed once an hour old
+
+
+def _temp_name() -> str:
+    return f".tmp-{os.getpid()}@{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temp(root: Path) -> list[Path]:
+    """Removes the temporary folders that killed writers left under `<export.dir>/<name>`; returns them.
+
+    A folder of a writer on another host is left alone (its process cannot be seen from here).
+    """
+    removed = []
+    if not Path(root).is_dir():
+        return removed
+    host = socket.gethostname()
+    for path in Path(root).iterdir():
+        if not (path.is_dir() and path.name.startswith(".tmp-")):
+            continue
+        match = _TMP.match(path.name)
+        if match:
+            stale = match.group(2) == host and not _alive(int(match.group(1)))
+        else:
+            try:
+                stale = time.time() - path.stat().st_mtime > _LEGACY_TMP_AGE_S
+            except FileNotFoundError:
+                continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def _encode_inputs(inputs: dict) -> dict:
     encoded = {}
     for endpoint, args in inputs.items():
@@ -92,14 +141,20 @@ def _expected_outputs(endpoints: dict, inputs: dict) -> dict:
 
 
 def verify_in_fresh_process(export_dir: Path, endpoints: dict, inputs: dict) -> None:
-    """Loads the export with `tf.saved_model.load` in a new Python that cannot import reelml; compares outputs."""
+    """Loads the export with `tf.saved_model.load` in a new Python that cannot import reelml; compares outputs.
+
+    The request and answer files live beside the export, in `<export_dir>-verify`, so a kill leaves
+    nothing that `remove_stale_temp` does not clear; the child exits when this process dies.
+    """
     expected = _expected_outputs(endpoints, inputs)
-    with tempfile.TemporaryDirectory() as tmp:
-        request = Path(tmp) / "inputs.json"
+    scratch = Path(f"{export_dir}-verify")
+    scratch.mkdir()
+    try:
+        request = scratch / "inputs.json"
         request.write_text(json.dumps(_encode_inputs(inputs)))
-        result = Path(tmp) / "outputs.json"
+        result = scratch / "outputs.json"
         proc = subprocess.run(
-            [sys.executable, "-I", str(_VERIFY_SCRIPT), str(export_dir), str(request), str(result)],
+            [sys.executable, "-I", str(_VERIFY_SCRIPT), str(export_dir), str(request), str(result), str(os.getpid())],
             capture_output=True,
             text=True,
             env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"},
@@ -107,6 +162,8 @@ def verify_in_fresh_process(export_dir: Path, endpoints: dict, inputs: dict) -> 
         if proc.returncode != 0:
             raise RuntimeError(f"the export at {export_dir} failed to load in a fresh process:\n{proc.stderr[-3000:]}")
         got = json.loads(result.read_text())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     for endpoint, outputs in expected.items():
         for name, want in outputs.items():
             have = got[endpoint][name]
@@ -135,7 +192,8 @@ def export(model, endpoints: dict, root: Path, metadata: dict, config_yaml: str,
     import keras
 
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_temp(root)
+    tmp = root / _temp_name()
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)

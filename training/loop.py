@@ -33,6 +33,19 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite."""
 
 
+class CheckpointMismatch(UserError):
+    """A checkpoint that reads fine holds another model than the config builds."""
+
+    def __init__(self, path, detail):
+        self.path, self.detail = path, detail
+        super().__init__(f"{path}: this checkpoint holds a different model than the config builds ({detail})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 # --------------------------------------------------------------------------- hardware
 
 
@@ -203,17 +216,28 @@ class Checkpoints:
 
     def restore(self) -> tuple[list[dict], int]:
         """Restores the newest readable checkpoint; returns the history of finished epochs and the steps
-        already done into the next one."""
+        already done into the next one ([] and 0 when there is none).
+
+        A damaged checkpoint (truncated or unreadable files) is skipped for an older one. A checkpoint
+        that reads fine but does not fit this model (another architecture, precision or optimizer) stops.
+
+        Raises:
+            CheckpointMismatch: the checkpoint holds a different model.
+        """
         reader = self._manager if self.chief else tf.train.CheckpointManager(self._ckpt, str(self._directory / "last"), self._keep)
         for path in reversed(reader.checkpoints):
             try:
                 self._ckpt.read(path).assert_existing_objects_matched().expect_partial()  # save_counter: not ours
-                epoch, step = int(self.epoch.numpy()), int(self.step.numpy())
-                self.saved = (epoch, step)
-                print(f"Resuming from {path} (epoch {epoch}" + (f", step {step} of the next" if step else "") + ")", flush=True)
-                return json.loads(self.history.numpy().decode()), step
-            except (tf.errors.OpError, AssertionError, ValueError) as e:
-                print(f"Checkpoint {path} is unreadable ({type(e).__name__}); trying an older one", flush=True)
+            except (ValueError, AssertionError) as e:  # read fine, but shapes or objects differ from this model's
+                raise CheckpointMismatch(path, _first_line(e)) from None
+            except (tf.errors.OpError, IndexError, UnicodeDecodeError) as e:  # truncated or damaged files
+                print(f"Checkpoint {path} is damaged ({type(e).__name__}: {_first_line(e)[:200]}); trying an older one",
+                      flush=True)
+                continue
+            epoch, step = int(self.epoch.numpy()), int(self.step.numpy())
+            self.saved = (epoch, step)
+            print(f"Resuming from {path} (epoch {epoch}" + (f", step {step} of the next" if step else "") + ")", flush=True)
+            return json.loads(self.history.numpy().decode()), step
         return [], 0
 
     def save(self, epoch: int, history: list[dict], step: int = 0):
@@ -231,9 +255,17 @@ class Checkpoints:
     def restore_best(self) -> bool:
         """Restores the best epoch's weights (call `barrier` first on a cluster: the chief must be done saving)."""
         path = tf.train.latest_checkpoint(str(self._directory / "best"))
-        if path:
+        if not path:
+            return False
+        try:
             self._best.read(path).expect_partial()
-        return bool(path)
+        except ValueError as e:
+            raise CheckpointMismatch(path, _first_line(e)) from None
+        except (tf.errors.OpError, IndexError, UnicodeDecodeError) as e:
+            print(f"Best checkpoint {path} is damaged ({type(e).__name__}); keeping the last epoch's weights", flush=True)
+            self._ckpt.read(tf.train.latest_checkpoint(str(self._directory / "last"))).expect_partial()  # undo a part-read
+            return False
+        return True
 
     def _drop_scratch(self):
         if self._scratch is not None:
@@ -394,7 +426,8 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_epoch_end=None, resume=True) -> list[dict]:
+def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_epoch_end=None, resume=True,
+        on_restore=None) -> list[dict]:
     """Trains for `train_cfg.epochs` epochs, resuming from the last checkpoint.
 
     Args:
@@ -407,6 +440,8 @@ def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_
             checkpointed epoch (1-based), e.g. to log to MLflow.
         resume: continue from the newest checkpoint (False: a new run; the chief is
             clearing the previous run's checkpoints, which no worker may read).
+        on_restore: called as `on_restore(history)` with the restored epochs before
+            training continues (to log those MLflow missed, in epoch order).
 
     Returns:
         The history: one dict of metrics per finished epoch, resumed epochs included.
@@ -416,6 +451,8 @@ def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_
     """
     strategy, model = loop.strategy, loop.model
     history, start_step = checkpoints.restore() if resume else ([], 0)
+    if on_restore is not None and history:
+        on_restore(history)
     steps = epoch_steps(data, train_cfg)
     train_ds = strategy.experimental_distribute_dataset(data.train)
     val_ds = strategy.experimental_distribute_dataset(data.validation) if data.validation is not None else None

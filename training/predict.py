@@ -3,42 +3,193 @@ write one row per result as CSV or JSON lines.
 
 The export is loaded with `tf.saved_model.load`, exactly as a server would; the
 task recorded in its `assets.extra/reelml.json` decides how inputs are read.
+A damaged export (a truncated `saved_model.pb`, a missing or truncated
+variables file) is a user error naming the file, as is an option that the
+export's task does not take.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
+import re
 import sys
 from pathlib import Path
 
 from training.errors import UserError
 
+TASK_NAMES = ("frames", "recommender", "autoencoder", "dialogue")
+
+# Options that only some tasks take: `args` attribute -> (flag, tasks). Unset options are None (or False).
+_TASK_OPTIONS = {
+    "every_seconds": ("--every-seconds", ("frames", "autoencoder")),
+    "every_frames": ("--every-frames", ("frames", "autoencoder")),
+    "top_k": ("--top-k", ("frames", "dialogue")),
+    "user": ("--user", ("recommender",)),
+    "users_file": ("--users-file", ("recommender",)),
+    "similar_to": ("--similar-to", ("recommender",)),
+    "prompt": ("--prompt", ("dialogue",)),
+    "next": ("--next", ("dialogue",)),
+    "max_tokens": ("--max-tokens", ("dialogue",)),
+    "temperature": ("--temperature", ("dialogue",)),
+    "seed": ("--seed", ("dialogue",)),
+    "embed": ("--embed", ("autoencoder",)),
+    "anomalies": ("--anomalies", ("autoencoder",)),
+}
+
 
 def _writer(args):
     fmt = args.format or ("jsonl" if args.output and Path(args.output).suffix in (".jsonl", ".json") else "csv")
     if args.output:
-        parent = Path(args.output).resolve().parent
+        target = Path(args.output)
+        if target.is_dir():
+            raise UserError(f"--output `{args.output}`: is a folder; give a file name (e.g. {target / 'predictions.csv'})")
+        parent = target.resolve().parent
         if not parent.is_dir():
             raise UserError(f"--output `{args.output}`: folder `{parent}` does not exist")
     return fmt
 
 
+def _check_options(args, task: str, export_dir: Path):
+    """Options of another task are mistakes (a frames export given --prompt would silently ignore it)."""
+    for attr, (flag, tasks) in _TASK_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if value is not None and value is not False and task not in tasks:
+            raise UserError(f"{flag}: not an option of {'an' if task[0] in 'aeiou' else 'a'} {task} export (`{export_dir}`); it is for "
+                            f"{' and '.join(tasks)} exports")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: expected at least 1 (inputs per call of the model)")
+
+
+def _other_versions(export_dir: Path) -> str:
+    from training.export import versions
+
+    others = [v for v in versions(export_dir.parent) if str(v) != export_dir.name]
+    return f" (other versions beside it: {', '.join(map(str, others))})" if others else ""
+
+
+def _variables_files(export_dir: Path) -> tuple[Path, list[Path]]:
+    variables = export_dir / "variables"
+    return variables / "variables.index", sorted(variables.glob("variables.data-*"))
+
+
+def _check_complete(export_dir: Path):
+    """The files every reelml export has: `saved_model.pb`, `variables/variables.index` and its data shards."""
+    again = "re-export it (reelml export CONFIG) or use another version" + _other_versions(export_dir)
+    pb = export_dir / "saved_model.pb"
+    if not pb.is_file():
+        raise UserError(f"`{pb}`: missing; the export is incomplete: {again}")
+    index, data = _variables_files(export_dir)
+    if not index.is_file():
+        raise UserError(f"`{index}`: missing; the export's variables cannot be read: {again}")
+    if not data:
+        raise UserError(f"`{index.parent / 'variables.data-00000-of-00001'}`: missing (no variables.data-* file beside "
+                        f"variables.index); the export's variables cannot be read: {again}")
+    match = re.fullmatch(r"variables\.data-\d+-of-(\d+)", data[0].name)
+    if match:
+        for shard in range(int(match.group(1))):
+            name = index.parent / f"variables.data-{shard:05d}-of-{match.group(1)}"
+            if not name.is_file():
+                raise UserError(f"`{name}`: missing; the export's variables cannot be read: {again}")
+
+
+def _damage(export_dir: Path, error: Exception) -> str:
+    """Which file of an export TensorFlow could not read, from its error."""
+    text = f"{type(error).__name__}: {error}"
+    first = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]", "", str(error))  # TF's words for where, not what
+    first = " ".join(first.split())[:240]
+    if "0 MetaGraphs" in text:  # TF's words for an empty saved_model.pb (it asks for `tags=`)
+        first = "it holds no MetaGraph"
+    pb = export_dir / "saved_model.pb"
+    index, data = _variables_files(export_dir)
+    again = "re-export it (reelml export CONFIG) or use another version" + _other_versions(export_dir)
+
+    def damaged(path):
+        return f"`{path}`: truncated or damaged, TensorFlow cannot read it ({first}); {again}"
+
+    if "saved_model.pb" in text or "MetaGraph" in text or "Error parsing message" in text:
+        return damaged(pb)
+    shard = re.search(r"shard (\d+)", text)
+    if shard:
+        named = [p for p in data if p.name.startswith(f"variables.data-{int(shard.group(1)):05d}-")]
+        if named:
+            return damaged(named[0])
+    for path in data + [index]:
+        if str(path) in text or f"variables/{path.name}" in text:
+            return damaged(path)
+    if "sstable" in text or "TensorSliceReader" in text or "variables.index" in text:
+        return damaged(index)
+    if isinstance(error, IndexError) or re.search(r"Read less bytes|Checksum|DataLoss|OUT_OF_RANGE|RestoreV2", text):
+        return damaged(data[0] if len(data) == 1 else "`, `".join(map(str, data)))
+    return f"`{export_dir}`: cannot be loaded as a SavedModel ({first}); {again}"
+
+
+@contextlib.contextmanager
+def _quiet_fingerprint(export_dir: Path):
+    """TF logs a traceback when `fingerprint.pb` is damaged, and loads on: say it in one line instead."""
+    seen = []
+
+    class Drop(logging.Filter):
+        def filter(self, record):
+            if "Fingerprint" in str(record.msg):
+                seen.append(record)
+                return False
+            return True
+
+    drop = Drop()
+    loggers = [logging.getLogger("absl"), logging.getLogger("tensorflow")]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+        if seen:
+            print(f"warning: `{export_dir / 'fingerprint.pb'}`: damaged, ignored (the model itself loaded)", file=sys.stderr)
+
+
+def load_export(export_dir: Path, tf):
+    """`tf.saved_model.load`, with a damaged or incomplete export reported as a `UserError` naming the file."""
+    _check_complete(export_dir)
+    try:
+        with _quiet_fingerprint(export_dir):
+            return tf.saved_model.load(str(export_dir))
+    except Exception as e:  # TF raises OSError, ValueError, IndexError, OpError ... for damaged files
+        raise UserError(_damage(export_dir, e)) from None
+
+
+def _check_signatures(loaded, metadata, export_dir: Path):
+    missing = [name for name in metadata.get("signatures", {}) if name not in loaded.signatures]
+    if missing:
+        raise UserError(f"`{export_dir / 'saved_model.pb'}`: has no signature {', '.join(map(repr, missing))}, which its "
+                        f"assets.extra/reelml.json lists; saved_model.pb and reelml.json come from different exports")
+
+
 def predict(args, import_tensorflow) -> int:
     from training.export import read_metadata, resolve_export_dir
 
-    export_dir = resolve_export_dir(args.export_dir)
+    given = Path(args.export_dir)
+    if not (given / "saved_model.pb").exists() and ((given / "variables").is_dir() or (given / "assets.extra").is_dir()):
+        _check_complete(given)  # a version folder without its saved_model.pb: name the file, not "not an export"
+    export_dir = resolve_export_dir(given)
+    _check_complete(export_dir)  # before the metadata: an empty or half-copied version folder says so
     metadata = read_metadata(export_dir)
+    task_name = metadata.get("task")
+    if task_name not in TASK_NAMES:
+        raise UserError(f"`{export_dir}`: unknown task {task_name!r} in its metadata (expected one of {', '.join(TASK_NAMES)})")
+    _check_options(args, task_name, export_dir)
     fmt = _writer(args)
     import_tensorflow()  # only once the arguments are known to be good
     import tensorflow as tf
 
     from training.tasks import TASKS
 
-    task = TASKS.get(metadata.get("task"))
-    if task is None:
-        raise UserError(f"`{export_dir}`: unknown task {metadata.get('task')!r} in its metadata")
-    loaded = tf.saved_model.load(str(export_dir))
+    task = TASKS[task_name]
+    loaded = load_export(export_dir, tf)
+    _check_signatures(loaded, metadata, export_dir)
 
     skipped = []
 
@@ -47,11 +198,20 @@ def predict(args, import_tensorflow) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
     rows = task.predict(loaded, metadata, args, report)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    out = None  # the output file is opened with the first row: an error before it leaves no file behind
     count = 0
+
+    def open_output():
+        try:
+            return open(args.output, "w", newline="") if args.output else sys.stdout
+        except OSError as e:
+            raise UserError(f"--output `{args.output}`: cannot be written ({e.strerror or e})") from None
+
     try:
         writer = None
         for row in rows:
+            if out is None:
+                out = open_output()
             if fmt == "jsonl":
                 out.write(json.dumps(row) + "\n")
             else:
@@ -61,10 +221,12 @@ def predict(args, import_tensorflow) -> int:
                     writer.writeheader()
                 writer.writerow(row)
             count += 1
+        if count == 0 and skipped:
+            raise UserError(f"none of the {len(skipped)} input(s) could be read (each is named above); nothing predicted")
+        if out is None:
+            out = open_output()  # no results (e.g. no anomalies): an empty file
     finally:
-        if args.output:
+        if args.output and out is not None:
             out.close()
     print(f"{count} prediction(s) from {export_dir}" + (f"; {len(skipped)} input(s) skipped" if skipped else ""), file=sys.stderr)
-    if count == 0 and skipped:
-        return 1
     return 0

@@ -18,6 +18,17 @@ from training.errors import UserError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
+# MLflow retries a failed request 7 times with backoff up to 2 minutes, each try waiting up to 120 s: a
+# tracking server that dies mid-run would hold a trainer for many minutes. These bound it: a refused
+# connection fails after about 15 s (retries after 0, 2, 4 and 8 s, plus jitter), a server that hangs
+# after at most about 3 minutes (5 tries of 30 s). Set the variables yourself to change them.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+class TrackingLost(UserError):
+    """The tracking server stopped answering mid-run; the run's checkpoint is kept and the same command resumes it."""
+
 
 def resolve_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
@@ -25,6 +36,10 @@ def resolve_uri(uri: str | None) -> str:
 
 def check_reachable(uri: str) -> None:
     """Fails fast, before any training, when the tracking store cannot be used."""
+    from training.config import tracking_uri_problem
+
+    if problem := tracking_uri_problem(uri):  # tracking.uri is checked with the config; this is $MLFLOW_TRACKING_URI
+        raise UserError(f"MLFLOW_TRACKING_URI `{uri.split('://')[0]}://...`: {problem}")
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
@@ -78,45 +93,84 @@ class Tracker:
         self.uri = resolve_uri(cfg.tracking.uri)
         self._logged_epochs: set[int] = set()
         self._logged_finals: set[str] = set()
+        self._lost = False
         if self.enabled:
             check_reachable(self.uri)
+            if self.uri.startswith(("http://", "https://")):
+                for name, value in HTTP_LIMITS.items():
+                    os.environ.setdefault(name, value)
 
     @contextlib.contextmanager
-    def run(self, run_id: str | None = None):
-        """Opens (or resumes) the MLflow run; yields its id; ends it as FINISHED, FAILED or KILLED."""
-        run_id = self._start(run_id)
+    def _calls(self):
+        """Turns a tracking server that stopped answering into one `TrackingLost` message."""
+        if not self.uri.startswith(("http://", "https://")):
+            yield
+            return
+        from mlflow.exceptions import MlflowException, RestException
+
         try:
-            yield run_id
+            yield
+        except RestException:  # the server answered, with an error: not a lost server
+            raise
+        except (MlflowException, OSError) as e:
+            self._lost = True
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise TrackingLost(
+                f"tracking.uri `{self.uri}`: the MLflow server stopped answering ({first}). The checkpoint is kept: "
+                "run the same command again once the server is back, and the run resumes"
+            ) from None
+
+    @contextlib.contextmanager
+    def run(self, run_id: str | None = None, attempt: str | None = None, on_start=None):
+        """Opens (or resumes) the MLflow run; yields its id; ends it as FINISHED, FAILED or KILLED.
+
+        Args:
+            run_id: the run to resume; None: a new run, or the one tagged with `attempt`.
+            attempt: a token saved in the run folder before the run is created (`reelml.attempt` tag): a
+                process killed between creating the run and saving its id finds that run again.
+            on_start: called with the run id as soon as the run exists, before anything else is logged.
+        """
+        try:
+            yield self._start(run_id, attempt, on_start)
         except BaseException as e:
             self.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
         self.end()
 
-    def _start(self, run_id: str | None = None) -> str | None:
+    def _start(self, run_id=None, attempt=None, on_start=None) -> str | None:
         if not self.enabled:
             return None
         import mlflow
 
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.cfg.tracking.experiment)
-        run = mlflow.start_run(run_id=run_id, run_name=self.cfg.tracking.run_name or self.cfg.name)
-        self.run_id = run.info.run_id
-        if run_id is None:
-            mlflow.log_params(self.cfg.flat())
-            mlflow.set_tags({"reelml.task": self.cfg.task, "reelml.config_fingerprint": self.cfg.fingerprint(),
-                             "git.commit": git_commit(), **package_versions()})
-        else:  # resumed: learn which epochs MLflow already has
-            history = mlflow.MlflowClient().get_metric_history(self.run_id, "loss")
-            self._logged_epochs = {m.step for m in history}
-            # A kill after the final metrics were logged but before the run finished: they are not logged twice.
-            self._logged_finals = set(run.data.metrics)  # start_run fetched the run: no second request
+        with self._calls():
+            mlflow.set_tracking_uri(self.uri)
+            experiment = mlflow.set_experiment(self.cfg.tracking.experiment)
+            if run_id is None and attempt:
+                found = mlflow.MlflowClient().search_runs(
+                    [experiment.experiment_id], f"tags.`reelml.attempt` = '{attempt}'", max_results=1)
+                run_id = found[0].info.run_id if found else None
+            tags = {"reelml.attempt": attempt} if attempt and run_id is None else None
+            run = mlflow.start_run(run_id=run_id, run_name=self.cfg.tracking.run_name or self.cfg.name, tags=tags)
+            self.run_id = run.info.run_id
+            if on_start is not None:
+                on_start(self.run_id)
+            if not run.data.params:  # new, or killed before its params were logged
+                mlflow.log_params(self.cfg.flat())
+                mlflow.set_tags({"reelml.task": self.cfg.task, "reelml.config_fingerprint": self.cfg.fingerprint(),
+                                 "git.commit": git_commit(), **package_versions()})
+            if run_id is not None:  # resumed: learn which epochs MLflow already has
+                history = mlflow.MlflowClient().get_metric_history(self.run_id, "loss")
+                self._logged_epochs = {m.step for m in history}
+                # A kill after the final metrics were logged but before the run finished: they are not logged twice.
+                self._logged_finals = set(run.data.metrics)  # start_run fetched the run: no second request
         return self.run_id
 
     def set_tags(self, tags: dict):
         if self.enabled:
             import mlflow
 
-            mlflow.set_tags(tags)
+            with self._calls():
+                mlflow.set_tags(tags)
 
     def log_epoch(self, epoch: int, logs: dict):
         """Logs one epoch's metrics once: an epoch that MLflow already has is not logged again.
@@ -127,10 +181,12 @@ class Tracker:
             return
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+        with self._calls():
+            mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
         self._logged_epochs.add(epoch)
 
     def log_history(self, history: list[dict]):
+        """Logs the epochs of `history` that MLflow does not have yet, in epoch order."""
         for epoch, logs in enumerate(history, start=1):
             self.log_epoch(epoch, logs)
 
@@ -140,7 +196,8 @@ class Tracker:
         if self.enabled and metrics:
             import mlflow
 
-            mlflow.log_metrics(metrics)
+            with self._calls():
+                mlflow.log_metrics(metrics)
             self._logged_finals.update(metrics)
 
     def log_figure(self, figure, name: str):
@@ -150,26 +207,35 @@ class Tracker:
         if self.enabled:
             import mlflow
 
-            mlflow.log_figure(figure, f"plots/{name}")
+            with self._calls():
+                mlflow.log_figure(figure, f"plots/{name}")
         plt.close(figure)
 
     def log_text(self, text: str, name: str):
         if self.enabled:
             import mlflow
 
-            mlflow.log_text(text, name)
+            with self._calls():
+                mlflow.log_text(text, name)
 
     def log_artifacts(self, directory, artifact_path: str):
         if self.enabled:
             import mlflow
 
-            mlflow.log_artifacts(str(directory), artifact_path)
+            with self._calls():
+                mlflow.log_artifacts(str(directory), artifact_path)
 
     def end(self, status: str = "FINISHED"):
         if self.enabled and self.run_id:
             import mlflow
 
-            mlflow.end_run(status)
+            if self._lost:  # one quick try, no retries: the run stays RUNNING on the server until it is resumed
+                os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status)
+                return
+            with self._calls():
+                mlflow.end_run(status)
 
 
 def learning_curves(history: list[dict]):

@@ -8,14 +8,13 @@ finished starts a new run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import os
-import shutil
 from pathlib import Path
 
 from training.config import RunConfig
 from training.errors import UserError
+from training.run_dir import RunLock, RunState, read_state
 
 
 @dataclasses.dataclass
@@ -28,60 +27,33 @@ class TrainResult:
     test_metrics: dict  # the test metrics and those of the task's report (e.g. the TopPop baseline)
 
 
-class RunState:
-    """`state.json` of a run folder: which MLflow run it is and whether it finished."""
+@dataclasses.dataclass
+class Built:
+    """What `build` makes for a run: the same for `reelml train`, `evaluate` and `export`."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, fresh: bool, chief: bool = True):
-        self.path = run_dir / "state.json"
-        previous = json.loads(self.path.read_text()) if self.path.exists() else None
-        if previous and previous["status"] == "running" and not fresh:
-            if previous["fingerprint"] != cfg.fingerprint():
-                changed = _changed_keys(previous["config"], cfg.flat())
-                raise UserError(
-                    f"{run_dir} holds an unfinished run of `{cfg.name}` with a different config "
-                    f"(changed: {', '.join(changed[:5])}). Re-run with the same config to resume it, "
-                    "or pass --fresh to start over"
-                )
-            self.run_id = previous["run_id"]
-            self.resumed = True
-        else:
-            if previous and chief:  # a finished (or abandoned) run: its checkpoints make way for the new one
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            self.run_id = None
-            self.resumed = False
-        self.cfg = cfg
-
-    def save(self, status: str, export_dir: Path | None = None):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"status": status, "run_id": self.run_id, "fingerprint": self.cfg.fingerprint(),
-                 "config": self.cfg.flat(), "export": str(export_dir) if export_dir else None}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.path)
+    task: object
+    data: object
+    precision: str
+    model: object
+    steps: object  # loop.Loop
+    checkpoints: object  # loop.Checkpoints
 
 
-def _changed_keys(old: dict, new: dict) -> list[str]:
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+def build(cfg: RunConfig, run_dir: Path, strategy, chief: bool = True) -> Built:
+    """Data, model, optimizer, compiled steps and checkpoints of a run, exactly as training builds them.
 
-
-def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
+    `evaluate` and `export` restore a checkpoint into this same build (precision policy, loss scaling,
+    XLA, steps per execution), so the weights they read are the ones training wrote, and the model
+    they export computes as the trained one did.
+    """
     import keras
 
-    from training import loop, tracking
+    from training import loop
     from training.tasks import TASKS
 
     task = TASKS[cfg.task]
-    run_dir = Path(cfg.runs_dir) / cfg.name
-    # Hardware: strategy (first: multi-worker collectives must be set up before any op runs), precision, XLA.
-    # The precision policy must be set before the model is built.
-    strategy = loop.make_strategy(cfg.train)
-    chief = loop.is_chief(strategy)
-    keras.utils.set_random_seed(cfg.seed)
-    state = RunState(run_dir, cfg, fresh, chief)
     precision = loop.resolve_precision(cfg.train.mixed_precision)
-    keras.mixed_precision.set_global_policy(precision)
-    tracker = tracking.Tracker(cfg, enabled=chief)  # fails here, before training, if MLflow is unreachable
-
+    keras.mixed_precision.set_global_policy(precision)  # before the model is built
     data = task.load_data(cfg, run_dir)
     with strategy.scope():
         model = task.build_model(cfg, data)
@@ -96,47 +68,90 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
     # Outside the scope: the epoch, step and history counters are plain host variables on every worker.
     checkpoints = loop.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints, chief,
                                    metrics=steps.train_metrics)
+    return Built(task, data, precision, model, steps, checkpoints)
 
-    with tracker.run(state.run_id) as state.run_id:  # ends the MLflow run as FINISHED, FAILED or KILLED
+
+def _name_changed_keys(run_dir: Path, cfg: RunConfig, error):
+    """A checkpoint mismatch, with the config keys that differ from the run's own config."""
+    from training.loop import CheckpointMismatch
+
+    previous = (read_state(run_dir) or {}).get("config") or {}
+    changed = [f"{k}: {previous.get(k)!r} in the run, {v!r} now" for k, v in cfg.flat().items()
+               if k in previous and previous[k] != v]
+    hint = f"; changed since the run: {'; '.join(changed[:5])}" if changed else ""
+    return CheckpointMismatch(error.path, error.detail + hint +
+                              ". Use the run's own config, or train this one under another `name` (or with --fresh)")
+
+
+def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
+    import keras
+
+    from training import export, loop, tracking
+
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    # Hardware: strategy first (multi-worker collectives must be set up before any op runs).
+    strategy = loop.make_strategy(cfg.train)
+    chief = loop.is_chief(strategy)
+    keras.utils.set_random_seed(cfg.seed)
+    with RunLock(run_dir, "train") if chief else contextlib.nullcontext():  # one trainer per run folder
+        state = RunState(run_dir, cfg, fresh, chief)
         if chief:
-            state.save("running")
-            (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        tracker.set_tags({"data.fingerprint": data.fingerprint, "hardware.precision": precision,
-                          "hardware.strategy": type(strategy).__name__, "hardware.replicas": str(strategy.num_replicas_in_sync),
-                          **task.data_tags(data)})
-        tracker.log_text(cfg.to_yaml(), "config.yaml")
+            export.remove_stale_temp(Path(cfg.export.dir) / cfg.name)  # left by an export that was killed
+        tracker = tracking.Tracker(cfg, enabled=chief)  # fails here, before training, if MLflow is unreachable
+        b = build(cfg, run_dir, strategy, chief)
+        task, data, model, steps, checkpoints = b.task, b.data, b.model, b.steps, b.checkpoints
+        if chief and state.run_id is None:
+            state.save("starting")  # the attempt token first: a kill once the MLflow run exists finds it again
 
-        try:
-            # A task may add its own per-epoch callbacks (dialogue: generated samples logged to MLflow).
-            extra = task.epoch_callbacks(cfg, model, data, tracker) if hasattr(task, "epoch_callbacks") else []
-            history = loop.fit(steps, data, cfg.train, checkpoints, callbacks=[loop.EpochSummaries(run_dir / "tensorboard"), *extra],
-                               on_epoch_end=tracker.log_epoch, resume=state.resumed)
-        except loop.TrainingDiverged as e:
-            raise UserError(f"{e}; the last checkpoint is kept. Lower train.learning_rate or set train.clipnorm") from None
-        tracker.log_history(history)  # epochs trained before a crash that MLflow had not yet received
+        def started(run_id):  # the MLflow run exists: its id is saved before anything else is logged
+            state.run_id = run_id
+            if chief:
+                state.save("running")
 
-        if cfg.train.restore_best and data.validation is not None:
-            loop.barrier(strategy)  # the chief has written the best epoch before anyone reads it
-            checkpoints.restore_best()
-        test_metrics = {}
-        if data.test is not None:
-            test_metrics = steps.evaluate(strategy.experimental_distribute_dataset(data.test), prefix="test_")
-        report_metrics, figures = task.report(cfg, model, data)
-        tracker.log_final({**test_metrics, **report_metrics})
-        figures["learning_curves.png"] = tracking.learning_curves(history)
-        for name, figure in figures.items():
-            tracker.log_figure(figure, name)
+        with tracker.run(state.run_id, state.attempt, on_start=started) as state.run_id:  # ends as FINISHED, FAILED or KILLED
+            if chief:
+                state.save("running")
+                (run_dir / "config.yaml").write_text(cfg.to_yaml())
+            tracker.set_tags({"data.fingerprint": data.fingerprint, "hardware.precision": b.precision,
+                              "hardware.strategy": type(strategy).__name__,
+                              "hardware.replicas": str(strategy.num_replicas_in_sync), **task.data_tags(data)})
+            tracker.log_text(cfg.to_yaml(), "config.yaml")
 
-        export_dir = None
-        if cfg.export.enabled and chief:
-            export_dir = export_run(cfg, task, model, data, state.run_id, history, test_metrics)
-            tracker.log_artifacts(export_dir, "export")
-            tracker.set_tags({"export.path": str(export_dir.resolve())})
-    # After MLflow has the run as FINISHED: a kill in between resumes the run, which finds everything done.
-    if chief:
-        state.save("finished", export_dir)
+            try:
+                # A task may add its own per-epoch callbacks (dialogue: generated samples logged to MLflow).
+                extra = task.epoch_callbacks(cfg, model, data, tracker) if hasattr(task, "epoch_callbacks") else []
+                history = loop.fit(steps, data, cfg.train, checkpoints,
+                                   callbacks=[loop.EpochSummaries(run_dir / "tensorboard"), *extra],
+                                   on_epoch_end=tracker.log_epoch, resume=state.resumed,
+                                   on_restore=tracker.log_history)  # epochs MLflow missed before a kill, first
+            except loop.TrainingDiverged as e:
+                raise UserError(f"{e}; the last checkpoint is kept. Lower train.learning_rate or set train.clipnorm") from None
+            except loop.CheckpointMismatch as e:
+                raise _name_changed_keys(run_dir, cfg, e) from None
+
+            if cfg.train.restore_best and data.validation is not None:
+                loop.barrier(strategy)  # the chief has written the best epoch before anyone reads it
+                checkpoints.restore_best()
+            test_metrics = {}
+            if data.test is not None:
+                test_metrics = steps.evaluate(strategy.experimental_distribute_dataset(data.test), prefix="test_")
+            report_metrics, figures = task.report(cfg, model, data)
+            tracker.log_final({**test_metrics, **report_metrics})
+            figures["learning_curves.png"] = tracking.learning_curves(history)
+            for name, figure in figures.items():
+                tracker.log_figure(figure, name)
+
+            export_dir = None
+            if cfg.export.enabled and chief:
+                export_dir = export_run(cfg, task, model, data, state.run_id, history, test_metrics)
+                tracker.log_artifacts(export_dir, "export")
+                tracker.set_tags({"export.path": str(export_dir.resolve())})
+        # After MLflow has the run as FINISHED: a kill in between resumes the run, which finds everything done.
+        if chief:
+            state.save("finished", export_dir)
     return TrainResult(state.run_id, tracker.uri if tracker.enabled else None, run_dir, export_dir, history,
                        {**test_metrics, **report_metrics})
+
 
 def export_run(cfg, task, model, data, run_id, history=(), test_metrics=None) -> Path:
     """Exports the model as the next version of `<export.dir>/<name>`, once per run."""
@@ -162,43 +177,49 @@ def _write_export(cfg, task, model, data, run_id, history, test_metrics) -> Path
 
 def _restore(cfg: RunConfig):
     """Rebuilds a run's model from its checkpoint, for `reelml evaluate` and `reelml export`."""
+    import keras
     import tensorflow as tf
 
-    from training import loop
-    from training.tasks import TASKS
+    run_dir = _trained_run_dir(cfg)
+    state = read_state(run_dir) or {}
+    keras.utils.set_random_seed(cfg.seed)
+    b = build(cfg, run_dir, tf.distribute.get_strategy())
+    from training.loop import CheckpointMismatch
 
-    task = TASKS[cfg.task]
+    try:
+        history, _ = b.checkpoints.restore()
+        if not history and b.checkpoints.saved is None:
+            raise UserError(f"{run_dir / 'checkpoints' / 'last'}: no readable checkpoint (every one is damaged); "
+                            "train the run again (reelml train ... --fresh)")
+        if cfg.train.restore_best and b.data.validation is not None:
+            b.checkpoints.restore_best()
+    except CheckpointMismatch as e:
+        raise _name_changed_keys(run_dir, cfg, e) from None
+    return b.task, b.data, b.model, b.steps, history, state.get("run_id")
+
+
+def _trained_run_dir(cfg: RunConfig) -> Path:
     run_dir = Path(cfg.runs_dir) / cfg.name
     if not (run_dir / "checkpoints" / "last" / "checkpoint").exists():
         raise UserError(f"{run_dir}: no checkpoint of run `{cfg.name}`; train it first (reelml train ...)")
-    data = task.load_data(cfg, run_dir)
-    strategy = tf.distribute.get_strategy()
-    model = task.build_model(cfg, data)
-    optimizer = loop.make_optimizer(cfg.train, loop.epoch_steps(data, cfg.train), "float32")
-    optimizer.build(model.trainable_variables)
-    checkpoints = loop.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints)
-    history, _ = checkpoints.restore()
-    if cfg.train.restore_best and data.validation is not None:
-        checkpoints.restore_best()
-    steps = loop.Loop(model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy,
-                      make_eval_metrics=lambda: task.make_eval_metrics(cfg, data))
-    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
-    return task, data, model, steps, history, state.get("run_id")
+    return run_dir
 
 
 def evaluate(cfg: RunConfig) -> dict:
     """Validation and test metrics of a run's checkpoint."""
-    task, data, model, steps, _, _ = _restore(cfg)
-    metrics = {}
-    if data.validation is not None:
-        metrics.update(steps.evaluate(data.validation, prefix="val_"))
-    if data.test is not None:
-        metrics.update(steps.evaluate(data.test, prefix="test_"))
+    with RunLock(_trained_run_dir(cfg), "evaluate"):
+        task, data, model, steps, _, _ = _restore(cfg)
+        metrics = {}
+        if data.validation is not None:
+            metrics.update(steps.evaluate(data.validation, prefix="val_"))
+        if data.test is not None:
+            metrics.update(steps.evaluate(data.test, prefix="test_"))
     return metrics
 
 
 def reexport(cfg: RunConfig) -> Path:
     """Exports a run's checkpoint as a new version (e.g. after changing the serving code)."""
-    task, data, model, steps, history, run_id = _restore(cfg)
-    test_metrics = steps.evaluate(data.test, prefix="test_") if data.test is not None else {}
-    return _write_export(cfg, task, model, data, run_id, history, test_metrics)
+    with RunLock(_trained_run_dir(cfg), "export"):
+        task, data, model, steps, history, run_id = _restore(cfg)
+        test_metrics = steps.evaluate(data.test, prefix="test_") if data.test is not None else {}
+        return _write_export(cfg, task, model, data, run_id, history, test_metrics)

@@ -3,13 +3,19 @@
 Run as a script in a fresh `python -I` (no cwd, no PYTHONPATH): it imports only
 TensorFlow, refuses any import of reelml's packages, and writes each
 signature's outputs to JSON. Used by `training.export` after every export, and
-by the tests. Usage: verify_export.py EXPORT_DIR INPUTS.json OUTPUTS.json
+by the tests. Usage: verify_export.py EXPORT_DIR INPUTS.json OUTPUTS.json [PARENT_PID]
+
+With PARENT_PID, the check ends itself as soon as that process is gone (the
+trainer was killed mid-export): it must not outlive the process that waits for it.
 """
 
 import base64
 import importlib.abc
 import json
+import os
 import sys
+import threading
+import time
 
 
 class _RefuseOurCode(importlib.abc.MetaPathFinder):
@@ -19,7 +25,15 @@ class _RefuseOurCode(importlib.abc.MetaPathFinder):
         return None
 
 
-def main(export_dir, inputs_path, outputs_path):
+def _exit_with(parent_pid):
+    while os.getppid() == parent_pid:
+        time.sleep(0.2)
+    os._exit(1)
+
+
+def main(export_dir, inputs_path, outputs_path, parent_pid=None):
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with, args=(int(parent_pid),), daemon=True).start()
     sys.meta_path.insert(0, _RefuseOurCode())
     import numpy as np
     import tensorflow as tf
@@ -48,4 +62,4 @@ def main(export_dir, inputs_path, outputs_path):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -83,6 +83,10 @@ def _list_images(root: Path, what: str) -> list[Path]:
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise UserError(f"{what} `{root}`: no image files ({', '.join(frames.IMAGE_EXTENSIONS)}) in it or below it")
+    used = {p.relative_to(root).parts[0] for p in files}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in used):
+        print(f"warning: {what} `{root}`: folder `{sub}` holds no images ({', '.join(frames.IMAGE_EXTENSIONS)}); "
+              "nothing from it is used", file=sys.stderr, flush=True)
     return files
 
 
@@ -226,6 +230,7 @@ def read_table(path, columns=None, id_column=None, what="data.path"):
             raise UserError(f"{what} `{path}`: a .npy array has no column names; expected {len(columns)} features "
                             f"named by position, got {array.shape[1]}")
         values, ids = array.astype(np.float32), [str(i) for i in range(len(array))]
+        where = None
     else:
         import pandas as pd
 
@@ -233,6 +238,7 @@ def read_table(path, columns=None, id_column=None, what="data.path"):
             df = pd.read_parquet(path) if suffix in (".parquet", ".pq") else pd.read_csv(path)
         except Exception as e:  # pandas and pyarrow raise many types for damaged files
             raise UserError(f"{what} `{path}`: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        where = _csv_line if suffix == ".csv" else (lambda _, row: f"row {row + 1}")
         if id_column is not None and id_column not in df.columns:
             raise UserError(f"{what} `{path}`: no column `{id_column}` (data.id_column); columns: {list(df.columns)[:20]}")
         names = list(columns) if columns is not None else [str(c) for c in df.columns if c != id_column]
@@ -241,8 +247,8 @@ def read_table(path, columns=None, id_column=None, what="data.path"):
             raise UserError(f"{what} `{path}`: no column(s) {missing}; columns: {list(df.columns)[:20]}")
         for name in names:
             if not pd.api.types.is_numeric_dtype(df[name]):
-                bad = next(v for v in df[name] if not _is_number(v))
-                raise UserError(f"{what} `{path}`: column `{name}` holds non-numeric values, e.g. {bad!r} "
+                row, bad = next((i, v) for i, v in enumerate(df[name]) if not _is_number(v))
+                raise UserError(f"{what} `{path}`: {where(path, row)}: column `{name}` holds non-numeric values, e.g. {bad!r} "
                                 "(list the feature columns in data.columns, or name the ID column in data.id_column)")
         values = df[names].to_numpy(np.float32)
         ids = [str(v) for v in df[id_column]] if id_column else [str(i) for i in range(len(df))]
@@ -250,9 +256,25 @@ def read_table(path, columns=None, id_column=None, what="data.path"):
         raise UserError(f"{what} `{path}`: no rows")
     bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
     if len(bad_rows):
-        raise UserError(f"{what} `{path}`: row {bad_rows[0] + 1}, column `{names[bad_cols[0]]}`: missing or infinite value "
-                        f"(found in {len(set(bad_rows))} row(s))")
+        line = f"{where(path, bad_rows[0])}: " if where is _csv_line else ""
+        raise UserError(f"{what} `{path}`: {line}row {bad_rows[0] + 1}, column `{names[bad_cols[0]]}`: missing or infinite "
+                        f"value (found in {len(set(bad_rows))} row(s))")
     return values, names, ids
+
+
+def _csv_line(path, row):
+    """`line N` of the `row`-th data row (0-based) of a CSV file: pandas skips blank lines, so count them back in.
+
+    (A quoted value that spans lines would shift the count; feature tables hold none.)
+    """
+    seen = -1  # the header is the first line that is not blank
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                if seen == row:
+                    return f"line {number}"
+                seen += 1
+    return f"row {row + 1}"
 
 
 def _is_number(value):
@@ -489,12 +511,14 @@ class ServedAutoencoder(keras.layers.Layer):
         return tf.clip_by_value(y * 255.0, 0.0, 255.0)
 
     def analyse(self, raw):
-        """Every output for a batch of raw inputs (frames already resized)."""
+        """Every output for a batch of raw inputs (frames already resized); an empty batch gives empty outputs."""
+        raw, n = frames.not_empty(raw)  # some kernels fail on a batch of none
         code, reconstruction, mse, statistics = _analyse(self.model, self._scale(raw), self.kind)
         score = anomaly_scores(self.score_kind, mse, statistics, self.statistics_mean, self.statistics_precision)
-        return {"embedding": code, "reconstruction": self._unscale(reconstruction), "reconstruction_error": mse,
-                "score": score, "is_anomaly": score > self.threshold,
-                "threshold": tf.fill(tf.shape(score), tf.convert_to_tensor(self.threshold))}
+        outputs = {"embedding": code, "reconstruction": self._unscale(reconstruction), "reconstruction_error": mse,
+                   "score": score, "is_anomaly": score > self.threshold,
+                   "threshold": tf.fill(tf.shape(score), tf.convert_to_tensor(self.threshold))}
+        return {k: v[:n] for k, v in outputs.items()}
 
 
 _OUTPUTS = {
@@ -538,7 +562,9 @@ def serving_endpoints(cfg, model, data: Data):
 
     def from_pixels(pixels):
         pixels = tf.ensure_shape(pixels, [None, None, None, 3], name="pixels")
-        return served.analyse(tf.image.resize(tf.cast(pixels, tf.float32), (size, size), antialias=True))
+        pixels, n = frames.not_empty(pixels)  # [0, 0, 0, 3] cannot be resized
+        outputs = served.analyse(tf.image.resize(tf.cast(pixels, tf.float32), (size, size), antialias=True))
+        return {k: v[:n] for k, v in outputs.items()}
 
     def on_images(keys):
         def endpoint(images):
@@ -693,7 +719,9 @@ def _frame_rows(loaded, args, report, want_embedding):
 def _table_rows(loaded, metadata, args, want_embedding):
     columns, id_column = metadata["feature_columns"], metadata.get("id_column")
     classify, encode = loaded.signatures["is_anomaly"], loaded.signatures["encode"]
-    batch = max(1, args.batch_size)
+    batch = args.batch_size
+    if batch < 1:
+        raise UserError(f"--batch-size {batch}: expected at least 1 (inputs per call of the model)")
     for raw in args.inputs:
         path = Path(raw)
         if path.suffix.lower() == ".npy":
@@ -723,6 +751,9 @@ def predict(loaded, metadata, args, report):
         what = "feature table (.csv, .parquet, .npy)" if kind == "table" else "image file, folder of images or video"
         raise UserError(f"give at least one {what} to score")
     if kind == "table":
+        for flag, value in (("--every-seconds", args.every_seconds), ("--every-frames", args.every_frames)):
+            if value is not None:
+                raise UserError(f"{flag}: this export scores feature rows, not video frames")
         for raw in args.inputs:
             if Path(raw).suffix.lower() not in TABLE_EXTENSIONS:
                 raise UserError(f"input `{raw}`: this export scores feature rows; expected a {', '.join(TABLE_EXTENSIONS)} file")

@@ -46,6 +46,7 @@ CORNELL_SEPARATOR = " +++$+++ "
 UNKNOWN = "[UNK]"
 START = "\n"  # read before every prompt: speeches start on a new line
 _NEG = -1e9  # masks a logit (finite: softmax and sampling stay NaN-free)
+MAX_TEMPERATURE = 10.0  # as samples.temperature: hotter is noise (and a masked logit / inf would be sampled)
 
 
 # --------------------------------------------------------------------------- reading
@@ -497,10 +498,13 @@ class Generator(keras.layers.Layer):
     def generate(self, prompt, max_tokens, temperature, top_k, seed):
         """Continues each prompt by `max_tokens` tokens (clamped to [0, max_tokens_limit]), sampled in the graph.
 
-        `temperature` 0 takes the likeliest token each step; `top_k` > 0 samples
-        among the k likeliest only. Sampling is stateless: the same seed gives
-        the same text.
+        `temperature` 0 takes the likeliest token each step; it is clamped to
+        [0, MAX_TEMPERATURE] (negative and NaN read as 0, +inf as the largest).
+        `top_k` > 0 samples among the k likeliest only. Sampling is stateless:
+        the same seed gives the same text.
         """
+        temperature = tf.convert_to_tensor(temperature, tf.float32)
+        temperature = tf.where(tf.math.is_nan(temperature), 0.0, tf.clip_by_value(temperature, 0.0, MAX_TEMPERATURE))
         logits, states, unknown = self._read(prompt)
         steps = tf.clip_by_value(max_tokens, 0, self.max_tokens_limit)
         batch = tf.shape(prompt)[0]
@@ -642,12 +646,15 @@ def predict(loaded, metadata, args, report):
         raise UserError(f"a dialogue export takes --prompt TEXT (repeatable), not inputs ({args.inputs[0]!r} ...)")
     if not args.prompt:
         raise UserError('give --prompt TEXT (repeatable; --prompt "" generates from the start of a speech)')
-    prompts = [tf.constant(p.encode("utf-8")) for p in args.prompt]
+    # Bytes that are not UTF-8 arrive as surrogates: kept as they were, read as U+FFFD by the export.
+    raw = [p.encode("utf-8", "surrogateescape") for p in args.prompt]
+    shown = [r.decode("utf-8", "replace") for r in raw]
+    prompts = [tf.constant(r) for r in raw]
     if args.next:
         if args.k < 1:
             raise UserError(f"-k {args.k}: expected at least 1 next token")
-        out = loaded.signatures["next_token"](text=tf.stack(prompts), k=tf.constant(args.k, tf.int32))
-        for row, prompt in enumerate(args.prompt):
+        out = loaded.signatures["next_token"](text=tf.stack(prompts), k=tf.constant(min(args.k, 2**31 - 1), tf.int32))
+        for row, prompt in enumerate(shown):
             _warn_unknown(prompt, int(out["unknown_tokens"].numpy()[row]))
             for rank, (token, p) in enumerate(zip(out["token"].numpy()[row], out["probability"].numpy()[row]), 1):
                 yield {"prompt": prompt, "rank": rank, "token": token.decode("utf-8", errors="replace"),
@@ -660,12 +667,15 @@ def predict(loaded, metadata, args, report):
     top_k = samples.get("top_k", 0) if args.top_k is None else args.top_k
     if max_tokens < 0:
         raise UserError(f"--max-tokens {max_tokens}: expected 0 or more")
-    if not 0 <= temperature <= 100:
-        raise UserError(f"--temperature {temperature}: expected a number from 0 (always the likeliest token) to 100")
+    if not 0 <= temperature <= MAX_TEMPERATURE:
+        raise UserError(f"--temperature {temperature}: expected a number from 0 (always the likeliest token) to "
+                        f"{MAX_TEMPERATURE:g}")
     if top_k < 0:
         raise UserError(f"--top-k {top_k}: expected 0 (sample among all tokens) or more")
     if limit is not None and max_tokens > limit:
         print(f"--max-tokens {max_tokens}: this export generates at most {limit} tokens per prompt", file=sys.stderr)
+    if args.seed is not None and not -2**63 <= args.seed < 2**63:
+        raise UserError(f"--seed {args.seed}: expected an integer from {-2**63} to {2**63 - 1}")
     seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(0, 2**31))
     if args.seed is None:
         print(f"seed {seed} (pass --seed {seed} to get this text again)", file=sys.stderr)
@@ -674,7 +684,7 @@ def predict(loaded, metadata, args, report):
         temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(min(top_k, 2**31 - 1), tf.int32),
         seed=tf.constant(seed, tf.int64),
     )
-    for row, prompt in enumerate(args.prompt):
+    for row, prompt in enumerate(shown):
         _warn_unknown(prompt, int(out["unknown_tokens"].numpy()[row]))
         yield {"prompt": prompt, "text": out["text"].numpy()[row].decode("utf-8", errors="replace"),
                "tokens": int(out["num_tokens"].numpy()[row]), "seed": seed}

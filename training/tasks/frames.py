@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,16 +50,22 @@ def _list_class_folders(root: Path, what: str) -> dict[str, list[Path]]:
         raise UserError(f"{what} `{root}`: folder not found")
     if not root.is_dir():
         raise UserError(f"{what} `{root}`: expected a folder of class sub-folders, found a file")
-    classes = {}
+    classes, empty = {}, []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if files:
             classes[sub.name] = files
+        else:
+            empty.append(sub)
     if len(classes) < 2:
         raise UserError(
             f"{what} `{root}`: expected at least 2 class sub-folders holding images "
             f"({', '.join(IMAGE_EXTENSIONS)}), found {len(classes)}"
+            + (f"; empty: {', '.join(f'`{p}`' for p in empty)}" if empty else "")
         )
+    for sub in empty:  # a class whose frames were not copied (yet) should not vanish unnoticed
+        print(f"warning: {what} `{root}`: class folder `{sub}` holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+              f"class `{sub.name}` is left out", file=sys.stderr, flush=True)
     return classes
 
 
@@ -151,9 +159,10 @@ def load_data(cfg, run_dir) -> Data:
         test_by_class = _list_class_folders(test_dir, "data.test_dir")
         unknown = sorted(set(test_by_class) - set(class_names))
         if unknown:
+            empty = [c for c in unknown if (train_dir / c).is_dir()]
             raise UserError(
                 f"data.test_dir `{test_dir}`: class folder(s) {unknown} do not exist in data.train_dir `{train_dir}` "
-                f"(training classes: {class_names})"
+                f"(training classes: {class_names})" + (f"; {empty} hold no images there" if empty else "")
             )
         test_items = [(p, class_names.index(c)) for c, files in test_by_class.items() for p in files]
 
@@ -277,8 +286,19 @@ def export_metadata(cfg, data: Data) -> dict:
 # --------------------------------------------------------------------------- serving
 
 
+def not_empty(x):
+    """`(x, n)`: a batch of no inputs becomes one input of zeros (some kernels fail on empty batches); slice the
+    outputs `[:n]`."""
+    shape = tf.shape(x)
+    one = tf.concat([[1], tf.maximum(shape[1:], 1)], axis=0)
+    padded = tf.cond(shape[0] > 0, lambda: x, lambda: tf.zeros(one, x.dtype))
+    padded.set_shape(tf.TensorShape([None]).concatenate(x.shape[1:]))
+    return padded, shape[0]
+
+
 def _outputs(model, pixels, class_names):
-    probabilities = model(pixels, training=False)
+    pixels, n = not_empty(pixels)
+    probabilities = model(pixels, training=False)[:n]
     class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     return {
         "label": tf.gather(tf.constant(class_names), class_ids),
@@ -299,10 +319,13 @@ def serving_endpoints(cfg, model, data: Data):
         return tf.image.resize(image, (size, size), antialias=True)
 
     def classify_images(images):
+        # Signatures do not check the shape of what they are given: say clearly what was expected.
+        images = tf.ensure_shape(images, [None], name="images")
         pixels = tf.map_fn(decode_one, images, fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
         return _outputs(model, pixels, class_names)
 
     def classify_pixels(pixels):
+        pixels = tf.ensure_shape(pixels, [None, None, None, 3], name="pixels")
         return _outputs(model, tf.cast(pixels, tf.float32), class_names)
 
     return model, {
@@ -362,20 +385,27 @@ def confusion_figure(confusion, class_names):
 # --------------------------------------------------------------------------- predict
 
 
-def _expand_inputs(inputs):
-    """Files and folders -> (images, videos), in a stable order; a missing path is the user's error."""
+def _expand_inputs(inputs, report):
+    """Files and folders -> (images, videos), in a stable order; a missing path is the user's error, a folder
+    without images or videos is reported and skipped."""
     images, videos = [], []
     for raw in inputs:
         path = Path(raw)
         if not path.exists():
             raise UserError(f"input `{raw}`: no such file or folder")
         candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        found = 0
         for p in candidates:
             suffix = p.suffix.lower()
             if suffix in VIDEO_EXTENSIONS:
                 videos.append(p)
             elif suffix in IMAGE_EXTENSIONS or not path.is_dir():
                 images.append(p)
+            else:
+                continue
+            found += 1
+        if not found:
+            report(path, f"no image ({', '.join(IMAGE_EXTENSIONS)}) or video ({', '.join(VIDEO_EXTENSIONS)}) files in the folder")
     return images, videos
 
 
@@ -436,10 +466,14 @@ def frame_outputs(args, report, run_images, run_pixels):
     """
     if args.every_seconds is not None and args.every_frames is not None:
         raise UserError("--every-seconds and --every-frames: give one of them, not both")
-    if (args.every_seconds is not None and args.every_seconds <= 0) or (args.every_frames is not None and args.every_frames < 1):
-        raise UserError("--every-seconds must be > 0 and --every-frames >= 1")
-    images, videos = _expand_inputs(args.inputs)
-    batch = max(1, args.batch_size)
+    if args.every_seconds is not None and not (math.isfinite(args.every_seconds) and args.every_seconds > 0):
+        raise UserError(f"--every-seconds must be > 0 and --every-frames >= 1 (got --every-seconds {args.every_seconds})")
+    if args.every_frames is not None and args.every_frames < 1:
+        raise UserError(f"--every-seconds must be > 0 and --every-frames >= 1 (got --every-frames {args.every_frames})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: expected at least 1 (inputs per call of the model)")
+    images, videos = _expand_inputs(args.inputs, report)
+    batch = args.batch_size
 
     def split(outputs, sources):
         return [(source, {k: v[i] for k, v in outputs.items()}) for i, source in enumerate(sources)]
@@ -488,6 +522,8 @@ def predict(loaded, metadata, args, report):
     """
     if not args.inputs:
         raise UserError("give at least one image file, folder of images or video to classify")
+    if args.top_k is not None and args.top_k < 0:
+        raise UserError(f"--top-k {args.top_k}: expected 0 or more (the k likeliest labels beside the label)")
     class_names = metadata["class_names"]
     classify_images, classify_pixels = loaded.signatures["serving_default"], loaded.signatures["classify_pixels"]
 

@@ -97,9 +97,39 @@ def _read_table(path: Path, sep: str, header: bool, names=None, encoding="utf-8"
         raise _parser_error(path, e) from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not {encoding} text ({e.reason} at byte {e.start})") from None
+    missing = df.isna().to_numpy()  # the python parser (a separator of several characters) leaves missing fields NaN
     df = df.fillna("")
     blank = (df == "").all(axis=1)
-    return df[~blank], (2 if header else 1)
+    first = 2 if header else 1
+    if header:
+        _check_short_rows(path, df, blank, missing, sep, encoding, first)
+    return df[~blank], first
+
+
+def _check_short_rows(path, df, blank, missing, sep, encoding, first):
+    """A row with fewer fields than the header is malformed, whichever column it lacks.
+
+    pandas fills the missing fields in silently; the C parser with "", which an empty last field also gives:
+    only if some row's last field is empty are the rows counted again, with the csv module.
+    """
+    import csv
+
+    n = df.shape[1]
+    header = ", ".join(map(str, df.columns))
+    short = missing.any(axis=1) & ~missing.all(axis=1)
+    if short.any():
+        row = int(np.argmax(short))
+        raise UserError(f"{path}: line {int(df.index[row]) + first}: malformed row, expected {n} fields ({header}), "
+                        f"found {int((~missing[row]).sum())}")
+    if len(sep) > 1 or not ((df.iloc[:, -1] == "") & ~blank).any():
+        return
+    with open(path, newline="", encoding=encoding, errors="replace") as f:
+        reader = csv.reader(f, delimiter=sep)
+        next(reader, None)
+        for row in reader:
+            if row and any(field.strip() for field in row) and len(row) < n:
+                raise UserError(f"{path}: line {reader.line_num}: malformed row, expected {n} fields ({header}), "
+                                f"found {len(row)}")
 
 
 def _column(df, path, name, first_line, numeric, where="line"):
@@ -684,7 +714,7 @@ class Recommender(keras.layers.Layer):
         hits = tf.boolean_mask(tf.stack([rows, seen.values], axis=1), tf.gather(known, rows))  # unknown users saw nothing
         mask = tf.scatter_nd(hits, tf.ones([tf.shape(hits)[0]], tf.bool), [tf.cast(n, tf.int64), self.num_items])
         scores = tf.where(mask, -np.inf, scores)
-        top = tf.math.top_k(scores, tf.minimum(k, self.num_items))
+        top = tf.math.top_k(scores, tf.clip_by_value(k, 0, self.num_items))  # k < 0: none
         valid = top.values > -np.inf
         ids, titles = self._named(top.indices, valid)
         return {"item_id": ids, "title": titles, "score": tf.where(valid, top.values, 0.0), "known_user": known}
@@ -704,7 +734,7 @@ class Recommender(keras.layers.Layer):
         vectors = vectors / (tf.norm(vectors, axis=-1, keepdims=True) + 1e-12)
         sims = tf.matmul(tf.gather(vectors, items), vectors, transpose_b=True)
         sims = tf.where(tf.one_hot(items, self.num_items, on_value=True, off_value=False), -np.inf, sims)
-        top = tf.math.top_k(sims, tf.minimum(k, self.num_items - 1))
+        top = tf.math.top_k(sims, tf.clip_by_value(k, 0, self.num_items - 1))
         valid = (top.values > -np.inf) & known[:, None]
         ids, titles = self._named(top.indices, valid)
         return {"item_id": ids, "title": titles, "similarity": tf.where(valid, top.values, 0.0), "known_item": known}
@@ -801,13 +831,29 @@ def _read_ids(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--users-file `{path}`: file not found")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--users-file `{path}`: not UTF-8 text ({e.reason} at byte {e.start}); expected one user ID "
+                        "per line") from None
+    except OSError as e:
+        raise UserError(f"--users-file `{path}`: cannot be read ({e.strerror or e})") from None
+    ids = [line.strip() for line in text.splitlines()]
     ids = [i for i in ids if i and not i.startswith("#")]
     if ids and ids[0].lower() in ("user_id", "user", "userid"):
         ids = ids[1:]  # a CSV column with its header
     if not ids:
         raise UserError(f"--users-file `{path}`: no user IDs in it (one per line)")
     return ids
+
+
+def _id_bytes(value: str) -> bytes:
+    """An ID from the command line as the export's bytes (bytes that are not UTF-8 arrive as surrogates: kept)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _shown(value: str) -> str:
+    return _id_bytes(value).decode("utf-8", "replace")
 
 
 def predict(loaded, metadata, args, report):
@@ -820,11 +866,13 @@ def predict(loaded, metadata, args, report):
         raise UserError("give --user USER_ID, --users-file FILE or --similar-to ITEM_ID")
     if args.k < 1:
         raise UserError(f"-k {args.k}: expected at least 1")
-    k = tf.constant(args.k, tf.int32)
-    batch = max(1, args.batch_size)
+    k = tf.constant(min(args.k, 2**31 - 1), tf.int32)  # the export returns at most the whole catalogue
+    batch = args.batch_size
+    if batch < 1:
+        raise UserError(f"--batch-size {batch}: expected at least 1 (users per call of the model)")
     for start in range(0, len(users), batch):
         chunk = users[start:start + batch]
-        out = loaded.signatures["recommend"](user_id=tf.constant(chunk), k=k)
+        out = loaded.signatures["recommend"](user_id=tf.constant([_id_bytes(u) for u in chunk]), k=k)
         ids, titles, scores = out["item_id"].numpy(), out["title"].numpy(), out["score"].numpy()
         for row, user in enumerate(chunk):
             known = bool(out["known_user"].numpy()[row])
@@ -832,11 +880,11 @@ def predict(loaded, metadata, args, report):
                 print(f"user {user}: unknown to the model; most popular items instead", file=sys.stderr)
             for rank, (item, title, score) in enumerate(zip(ids[row], titles[row], scores[row]), 1):
                 if item:
-                    yield {"user_id": user, "rank": rank, "item_id": item.decode(), "title": title.decode(),
+                    yield {"user_id": _shown(user), "rank": rank, "item_id": item.decode(), "title": title.decode(),
                            "score": round(float(score), 6), "known_user": known}
     for start in range(0, len(similar), batch):
         chunk = similar[start:start + batch]
-        out = loaded.signatures["similar_items"](item_id=tf.constant(chunk), k=k)
+        out = loaded.signatures["similar_items"](item_id=tf.constant([_id_bytes(i) for i in chunk]), k=k)
         ids, titles, sims = out["item_id"].numpy(), out["title"].numpy(), out["similarity"].numpy()
         for row, query in enumerate(chunk):
             if not bool(out["known_item"].numpy()[row]):
@@ -844,5 +892,5 @@ def predict(loaded, metadata, args, report):
                 continue
             for rank, (item, title, sim) in enumerate(zip(ids[row], titles[row], sims[row]), 1):
                 if item:
-                    yield {"similar_to": query, "rank": rank, "item_id": item.decode(), "title": title.decode(),
+                    yield {"similar_to": _shown(query), "rank": rank, "item_id": item.decode(), "title": title.decode(),
                            "similarity": round(float(sim), 6)}
