@@ -26,7 +26,7 @@ RNN_LAYERS = {"simple_rnn": layers.SimpleRNN, "gru": layers.GRU, "lstm": layers.
 
 
 def build_dialogue_rnn(vocab_size, cell="simple_rnn", units=(512,), embedding_dim=64, activation="tanh", dropout=0.0,
-                       l2=0.0, seed=None, **_):
+                       l2=0.0, seed=None):
     """Builds the dialogue language model.
 
     Args:

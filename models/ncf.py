@@ -67,7 +67,7 @@ def _prediction(x, dense_l2):
     return ops.squeeze(p, -1)
 
 
-def build_gmf(num_users, num_items, factors=8, embedding_l2=0.0, l2=0.0, seed=None, **_):
+def build_gmf(num_users, num_items, factors=8, embedding_l2=0.0, l2=0.0, seed=None):
     """Builds GMF: sigmoid(h . (p_u * q_i)).
 
     Args:
@@ -91,7 +91,7 @@ def build_gmf(num_users, num_items, factors=8, embedding_l2=0.0, l2=0.0, seed=No
     return keras.Model({"user": user, "item": item}, _prediction(x, l2), name="gmf")
 
 
-def build_mlp(num_users, num_items, mlp_layers=(64, 32, 16, 8), embedding_l2=0.0, l2=0.0, seed=None, **_):
+def build_mlp(num_users, num_items, mlp_layers=(64, 32, 16, 8), embedding_l2=0.0, l2=0.0, seed=None):
     """Builds the NCF MLP: user and item embeddings (half of `mlp_layers[0]` each) through ReLU layers.
 
     Args:
@@ -111,7 +111,7 @@ def build_mlp(num_users, num_items, mlp_layers=(64, 32, 16, 8), embedding_l2=0.0
     return keras.Model({"user": user, "item": item}, _prediction(x, l2), name="mlp")
 
 
-def build_neumf(num_users, num_items, factors=8, mlp_layers=(64, 32, 16, 8), embedding_l2=0.0, l2=0.0, seed=None, **_):
+def build_neumf(num_users, num_items, factors=8, mlp_layers=(64, 32, 16, 8), embedding_l2=0.0, l2=0.0, seed=None):
     """Builds NeuMF: the GMF vector and the MLP tower's output, concatenated, into one sigmoid.
 
     Args:
@@ -133,7 +133,7 @@ def build_neumf(num_users, num_items, factors=8, mlp_layers=(64, 32, 16, 8), emb
     return keras.Model({"user": user, "item": item}, _prediction(x, l2), name="neumf")
 
 
-def build_seed_cf(num_users, num_items, mlp_layers=(10,), l2=0.0, seed=None, **_):
+def build_seed_cf(num_users, num_items, mlp_layers=(10,), l2=0.0, seed=None):
     """Builds the seed's collaborative filter: user one-hot -> Dense ReLU -> Dense sigmoid over every item.
 
     A multi-label model over the whole catalogue; it is read at the candidate

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from training.config import load_config  # noqa: E402
-from training.tasks import autoencoder  # noqa: E402
+from training.tasks.autoencoder import TASK as autoencoder  # noqa: E402
 
 CORRUPTIONS = ("block_noise", "dropped_channel", "black_frame", "heavy_blur", "jpeg_damage")
 

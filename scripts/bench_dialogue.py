@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from models import MODELS  # noqa: E402
 from training import export, loop  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.tasks import dialogue  # noqa: E402
+from training.tasks.dialogue import TASK  # noqa: E402
+from training.tasks.dialogue.tokens import tokenize  # noqa: E402
 
 
 def main():
@@ -55,7 +56,7 @@ def main():
     cfg = load_config(args.config, ["tracking.enabled=false", *args.overrides])
     workdir = Path(tempfile.mkdtemp(prefix="bench-dialogue-"))
     keras.utils.set_random_seed(cfg.seed)
-    data = dialogue.load_data(cfg, workdir)
+    data = TASK.load_data(cfg, workdir)
     d, m, spe = cfg.data, cfg.model, cfg.train.steps_per_execution
     steps = max(spe, args.steps // spe * spe)
     tokens_per_step = d.batch_size * d.seq_len
@@ -64,7 +65,7 @@ def main():
                "device": tf.config.list_logical_devices()[0].device_type, "tensorflow": tf.__version__, "keras": keras.__version__}
 
     strategy = tf.distribute.get_strategy()
-    ours = dialogue.build_model(cfg, data)
+    ours = TASK.build_model(cfg, data)
     if "a" in args.parts:
         train_side_by_side(args, cfg, data, ours, strategy, steps, tokens_per_step, results)
     if "b" in args.parts:
@@ -79,8 +80,8 @@ def train_side_by_side(args, cfg, data, ours, strategy, steps, tokens_per_step, 
     m, spe = cfg.model, cfg.train.steps_per_execution
     optimizer = loop.make_optimizer(cfg.train, data.train_steps, "float32")
     optimizer.build(ours.trainable_variables)
-    steps_fn = loop.Loop(ours, optimizer, dialogue.make_loss(cfg, data), lambda: dialogue.make_metrics(cfg, data), strategy,
-                         steps_per_execution=spe, make_eval_metrics=lambda: dialogue.make_eval_metrics(cfg, data))
+    steps_fn = loop.Loop(ours, optimizer, TASK.make_loss(cfg, data), lambda: TASK.make_metrics(cfg, data), strategy,
+                         steps_per_execution=spe, make_eval_metrics=lambda: TASK.make_eval_metrics(cfg, data))
     callbacks = keras.callbacks.CallbackList([], model=ours)
 
     plain = MODELS[m.name](vocab_size=len(data.vocabulary) + 1, seed=cfg.seed, **m.model_dump(exclude={"name"}))
@@ -115,7 +116,7 @@ def train_side_by_side(args, cfg, data, ours, strategy, steps, tokens_per_step, 
 def generation_side_by_side(args, cfg, data, ours, workdir, results):
     """(b) generating `--tokens` tokens at batch 1: the loaded SavedModel vs model.predict once per token."""
     d = cfg.data
-    served, endpoints = dialogue.serving_endpoints(cfg, ours, data)
+    served, endpoints = TASK.serving_endpoints(cfg, ours, data, None)
     export_dir = export.export(served, endpoints, workdir / "exports", {"task": "dialogue"}, cfg.to_yaml(), None)
     generate = tf.saved_model.load(str(export_dir)).signatures["generate"]
     prompt = "ROMEO:" if d.level == "char" else "romeo:"
@@ -129,7 +130,7 @@ def generation_side_by_side(args, cfg, data, ours, workdir, results):
 
     vocabulary = np.array(["[UNK]", *data.vocabulary], dtype=object)
     index = {t: i for i, t in enumerate(vocabulary)}
-    prompt_ids = [index.get(t.decode(), 0) for t in dialogue.tokenize([prompt], d.level, d.lowercase).flat_values.numpy()]
+    prompt_ids = [index.get(t.decode(), 0) for t in tokenize([prompt], d.level, d.lowercase).flat_values.numpy()]
 
     def predict_loop_generation():
         rng = np.random.default_rng(1)

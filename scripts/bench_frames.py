@@ -36,9 +36,10 @@ import tensorflow as tf  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from training import loop  # noqa: E402
+from training import hardware, loop  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.tasks import frames  # noqa: E402
+from training.tasks import images  # noqa: E402
+from training.tasks.frames import TASK as frames  # noqa: E402
 
 
 def model_flops(model, input_size):
@@ -82,7 +83,7 @@ def make_loop(cfg, data, model=None):
     optimizer.build(model.trainable_variables)
     strategy = tf.distribute.get_strategy()
     return loop.Loop(model, optimizer, frames.make_loss(cfg, data), lambda: frames.make_metrics(cfg, data), strategy,
-                     jit_compile=loop.resolve_jit(cfg.train.jit_compile), steps_per_execution=cfg.train.steps_per_execution)
+                     jit_compile=hardware.resolve_jit(cfg.train.jit_compile), steps_per_execution=cfg.train.steps_per_execution)
 
 
 def time_reelml_epoch(steps_obj, dataset, steps):
@@ -166,7 +167,7 @@ def main():
     plain = frames.build_model(cfg, data)
     plain_opt = loop.make_optimizer(cfg.train, data.train_steps, "float32")
     plain.compile(optimizer=plain_opt, loss=frames.make_loss(cfg, data), metrics=frames.make_metrics(cfg, data),
-                  jit_compile=loop.resolve_jit(cfg.train.jit_compile))
+                  jit_compile=hardware.resolve_jit(cfg.train.jit_compile))
     timer = _EpochTimer()
     timer.times = []
     time_reelml_epoch(ours, data.train, steps)  # warm-up: trace, fill caches
@@ -189,8 +190,8 @@ def main():
         pixels.append(tf.cast(x, tf.uint8).numpy())
         labels.append(y.numpy())
     pixels, labels = np.concatenate(pixels), np.concatenate(labels)
-    in_memory = frames._batched(tf.data.Dataset.from_tensor_slices((pixels, labels)), cfg.data.batch_size,
-                                min(cfg.data.shuffle_buffer, len(labels)), cfg.seed)
+    in_memory = images.batched(tf.data.Dataset.from_tensor_slices((pixels, labels)), cfg.data.batch_size,
+                               min(cfg.data.shuffle_buffer, len(labels)), cfg.seed)
     time_reelml_epoch(ours, in_memory, steps)
     files_t, mem_t = [], []
     for _ in range(args.repeats):
@@ -214,7 +215,7 @@ def main():
         variants["single pass"] = ours.model.classifier
     for label, model in variants.items():
         key = "c_" + label.replace(" ", "_")
-        tracked, endpoints = frames.serving_endpoints(cfg, model, data)
+        tracked, endpoints = frames.serving_endpoints(cfg, model, data, None)
         export_dir = export.export(tracked, endpoints, workdir / "exports" / key,
                                    {"task": "frames", "class_names": data.class_names}, cfg.to_yaml(), None)
         # The Keras model for `predict`, rebuilt in the child from its config and these weights.

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from models import MODELS  # noqa: E402
 from training import export, loop  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.tasks import recommender  # noqa: E402
+from training.tasks.recommender import TASK as recommender  # noqa: E402
 
 
 def presampled_arrays(split, negatives, seed):
@@ -139,7 +139,7 @@ def main():
           flush=True)
 
     # (c) recommend(k=10) latency for one user through the loaded SavedModel.
-    served, endpoints = recommender.serving_endpoints(cfg, ours_model, data)
+    served, endpoints = recommender.serving_endpoints(cfg, ours_model, data, None)
     export_dir = export.export(served, endpoints, workdir / "exports", {"task": "recommender"}, cfg.to_yaml(), None)
     loaded = tf.saved_model.load(str(export_dir))
     recommend = loaded.signatures["recommend"]

@@ -34,7 +34,7 @@ sys.meta_path.insert(0, Block())
 @pytest.fixture(scope="session")
 def sample_frames(tmp_path_factory):
     """The generated sample frames, made once per test session."""
-    from training.tasks.frames_sample import ensure_sample_frames
+    from training.tasks.frames.sample import ensure_sample_frames
 
     return ensure_sample_frames(tmp_path_factory.mktemp("sample"), train_per_class=24, test_per_class=6, size=48)
 

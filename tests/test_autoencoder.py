@@ -86,7 +86,7 @@ def test_training_frames_are_mirrored_and_shifted_each_their_own_way_and_again_o
     import tensorflow as tf
 
     from training.epochs import set_epoch
-    from training.tasks.autoencoder import _to_pairs
+    from training.tasks.autoencoder.data import _to_pairs
 
     frames = np.random.default_rng(0).integers(0, 256, (8, 20, 20, 3)).astype(np.float32)
     pairs = _to_pairs(tf.data.Dataset.from_tensor_slices((frames, np.zeros(8))).batch(4), flip=True, shift=0.15, seed=1)
@@ -114,7 +114,7 @@ def test_zoom_crops_a_square_of_the_configured_size_anywhere_and_resizes_it_back
     import tensorflow as tf
 
     from training.epochs import set_epoch
-    from training.tasks.autoencoder import _to_pairs
+    from training.tasks.autoencoder.data import _to_pairs
 
     # Channel 0 ramps from 0 to 1 left to right, channel 1 top to bottom: a crop resized back is a ramp again,
     # whose slope is the crop's side and whose start is the crop's corner.
@@ -167,9 +167,9 @@ def test_config_mistakes_are_named(changes, message):
 
 
 def _validation_pixels(cfg, workdir):
-    from training.tasks import autoencoder
+    from training.tasks.autoencoder.data import load_data
 
-    data = autoencoder.load_data(cfg, workdir / "runs" / cfg.name)
+    data = load_data(cfg, workdir / "runs" / cfg.name)
     return np.concatenate([np.round(x.numpy() * 255).astype(np.uint8) for x, _ in data.validation])
 
 
@@ -321,7 +321,7 @@ def test_predict_cli_end_to_end(frames_run, sample_frames, tmp_path):
 
 
 def test_table_reader_names_the_bad_value(tmp_path):
-    from training.tasks.autoencoder import read_table
+    from training.tasks.autoencoder.tables import read_table
 
     np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2)))
     with pytest.raises(UserError, match=r"expected a 2-D numeric array .* got shape \(2, 2, 2\)"):
@@ -348,9 +348,9 @@ def test_flat_folder_of_frames_trains(tmp_path, monkeypatch):
     cfg = load_config(CONFIGS / "smoke" / "autoencoder.yaml", [
         "data.source=folders", f"data.train_dir={tmp_path / 'frames'}", "data.validation_split=0.25",
         "tracking.enabled=false", "export.enabled=false", "train.epochs=1"])
-    from training.tasks import autoencoder
+    from training.tasks.autoencoder.data import load_data
 
-    data = autoencoder.load_data(cfg, tmp_path / "run")
+    data = load_data(cfg, tmp_path / "run")
     assert data.counts["train_frames"] + data.counts["validation_frames"] == 12 and data.counts["skipped_frames"] == 1
     x, _ = next(iter(data.train))
     assert x.shape[1:] == (32, 32, 3) and float(np.max(x)) <= 1.0
@@ -359,6 +359,6 @@ def test_flat_folder_of_frames_trains(tmp_path, monkeypatch):
 @pytest.mark.skipif(not (SHARED_DATA / "intel_scenes").is_dir(), reason="../shared/data/intel_scenes is not here")
 def test_intel_config_reads_the_scenes():
     cfg = load_config(CONFIGS / "autoencoder_intel.yaml")
-    from training.tasks.autoencoder import _list_images
+    from training.tasks.images import list_images as _list_images
 
     assert len(_list_images(CONFIGS.parent / cfg.data.train_dir, "data.train_dir")) == 1800

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from training.config import MAX_YAML_NODES, load_config, parse_override, tracking_uri_problem, validate, yaml_load
+from training.config import load_config, parse_override, tracking_uri_problem, validate, yaml_load
+from training.config.yaml12 import MAX_YAML_NODES
 from training.errors import ConfigError
 
 from conftest import CONFIGS, run_cli

@@ -21,8 +21,10 @@ from training.cli import _print_summary
 from training.cli import main as cli_main
 from training.config import Columns, load_config
 from training.errors import UserError
-from training.tasks import autoencoder, frames
-from training.tasks import recommender as rec
+from training.tasks.autoencoder.data import load_data as load_autoencoder_data
+from training.tasks.autoencoder.tables import read_table
+from training.tasks.frames.data import load_data as load_frames_data
+from training.tasks.recommender.readers import read_interactions
 from training.train import train
 
 from conftest import CONFIGS, REPO, run_cli, write_jpeg_folders
@@ -124,7 +126,7 @@ def test_recommender_row_with_fewer_fields_than_the_header_names_file_and_line(t
     path.write_text(text)
     columns = Columns(user="user_id", item="item_id", timestamp="timestamp" if "timestamp" in text else None)
     with pytest.raises(UserError, match=rf"views.csv: line {line}: malformed row, {fields}"):
-        rec.read_interactions(path, "csv", columns, delimiter)
+        read_interactions(path, "csv", columns, delimiter)
 
 
 def test_recommender_short_row_through_the_cli(tmp_path, capsys, monkeypatch):
@@ -140,10 +142,10 @@ def test_autoencoder_table_bad_value_names_file_and_line(tmp_path):
     path = tmp_path / "shots.csv"
     path.write_text("shot,a,b\ns0,1,2\n\ns1,3,oops\ns2,4,5\n")  # the blank line counts: `oops` is on line 4
     with pytest.raises(UserError, match=r"data.path `.*shots.csv`: line 4: column `b` holds non-numeric values, e.g. 'oops'"):
-        autoencoder.read_table(path, id_column="shot")
+        read_table(path, id_column="shot")
     path.write_text("shot,a,b\ns0,1,2\ns1,3,\n")
     with pytest.raises(UserError, match=r"data.path `.*shots.csv`: line 3: row 2, column `b`: missing or infinite value"):
-        autoencoder.read_table(path, id_column="shot")
+        read_table(path, id_column="shot")
 
 
 def test_autoencoder_table_bad_value_through_the_cli(tmp_path, capsys, monkeypatch):
@@ -174,7 +176,7 @@ def _folders_cfg(train_dir, config="frames.yaml"):
 def test_empty_class_folder_is_warned_about_and_left_out(tmp_path, capsys):
     root = write_jpeg_folders(tmp_path / "train", classes=("a", "b", "c"), per_class=5, size=24)
     (root / "d").mkdir()
-    data = frames.load_data(_folders_cfg(root), tmp_path / "run")
+    data = load_frames_data(_folders_cfg(root), tmp_path / "run")
     err = capsys.readouterr().err
     assert f"class folder `{root / 'd'}` holds no images" in err and "class `d` is left out" in err
     assert data.class_names == ["a", "b", "c"]
@@ -182,7 +184,7 @@ def test_empty_class_folder_is_warned_about_and_left_out(tmp_path, capsys):
     shutil.rmtree(root / "b")
     shutil.rmtree(root / "c")
     with pytest.raises(UserError, match=r"expected at least 2 class sub-folders holding images .* found 1; empty: `.*/d`"):
-        frames.load_data(_folders_cfg(root), tmp_path / "run2")
+        load_frames_data(_folders_cfg(root), tmp_path / "run2")
 
 
 def test_empty_class_folder_training_continues(tmp_path, capsys, monkeypatch):
@@ -199,7 +201,7 @@ def test_empty_class_folder_training_continues(tmp_path, capsys, monkeypatch):
 def test_autoencoder_empty_sub_folder_is_warned_about(tmp_path, capsys):
     root = write_jpeg_folders(tmp_path / "good", classes=("day", "night"), per_class=5, size=24)
     (root / "dusk").mkdir()
-    data = autoencoder.load_data(_folders_cfg(root, "autoencoder.yaml"), tmp_path / "run")
+    data = load_autoencoder_data(_folders_cfg(root, "autoencoder.yaml"), tmp_path / "run")
     assert f"folder `{root / 'dusk'}` holds no images" in capsys.readouterr().err
     assert data.counts["train_frames"] + data.counts["validation_frames"] == 10
 

@@ -17,7 +17,10 @@ from training import export as export_lib
 from training.cli import main as cli_main
 from training.config import load_config
 from training.errors import ConfigError, UserError
-from training.tasks import dialogue
+from training.tasks.dialogue import TASK
+from training.tasks.dialogue.data import load_data, train_dataset
+from training.tasks.dialogue.text import read_text
+from training.tasks.dialogue.tokens import detokenize, tokenize
 from training.train import train
 
 from conftest import CONFIGS, WITHOUT_REELML
@@ -39,19 +42,19 @@ def _files(workdir, path, *extra):
 
 def test_char_tokens_round_trip_any_text():
     text = "ROMEO:\nBut, soft! what light — café 中文\ttab  two spaces\n\n"
-    tokens = dialogue.tokenize([text], "char")
+    tokens = tokenize([text], "char")
     assert tokens.flat_values.shape[0] == len(text)
-    assert dialogue.detokenize(tokens.to_tensor(""), "char").numpy()[0].decode() == text
+    assert detokenize(tokens.to_tensor(""), "char").numpy()[0].decode() == text
 
 
 def test_word_tokens_keep_punctuation_and_line_breaks_and_round_trip():
     text = "KING RICHARD:\nWhat say'st thou, man? (aside) I'll go.\n"
-    tokens = [t.decode() for t in dialogue.tokenize([text], "word").flat_values.numpy()]
+    tokens = [t.decode() for t in tokenize([text], "word").flat_values.numpy()]
     assert tokens == ["KING", "RICHARD", ":", "\n", "What", "say'st", "thou", ",", "man", "?", "(", "aside", ")", "I'll",
                       "go", ".", "\n"]
-    again = dialogue.detokenize(tf.constant([tokens]), "word").numpy()[0].decode()
+    again = detokenize(tf.constant([tokens]), "word").numpy()[0].decode()
     assert again == "KING RICHARD:\nWhat say'st thou, man? (aside) I'll go.\n"
-    assert [t.decode() for t in dialogue.tokenize([again], "word").flat_values.numpy()] == tokens
+    assert [t.decode() for t in tokenize([again], "word").flat_values.numpy()] == tokens
 
 
 def test_vocabulary_comes_from_the_training_text_only(workdir):
@@ -59,23 +62,23 @@ def test_vocabulary_comes_from_the_training_text_only(workdir):
     train_part = "abcde abc\nbad cab\n" * 500
     text = train_part + "XYXY zzz new\n" * (len(train_part) // 13 // 9)
     (workdir / "script.txt").write_text(text)
-    data = dialogue.load_data(_files(workdir, workdir / "script.txt"), workdir)
+    data = load_data(_files(workdir, workdir / "script.txt"), workdir)
     assert set(data.vocabulary) == set("abcde \n")
     assert data.counts["train_chars"] + data.counts["validation_chars"] == len(text)
     cut = data.counts["train_tokens"]
     assert cut == data.counts["train_chars"] <= len(train_part) and text[cut - 1] == "\n"  # the split falls on a line break
     assert data.counts["train_unknown_tokens"] == 0
     assert data.counts["validation_unknown_tokens"] == sum(c not in "abcde \n" for c in text[len(train_part):])
-    words = dialogue.load_data(_files(workdir, workdir / "script.txt", "data.level=word", "data.seq_len=4"), workdir)
+    words = load_data(_files(workdir, workdir / "script.txt", "data.level=word", "data.seq_len=4"), workdir)
     assert {"XYXY", "zzz", "new"}.isdisjoint(words.vocabulary) and "abcde" in words.vocabulary
 
 
 def test_rare_tokens_become_the_unknown_token(workdir):
     (workdir / "s.txt").write_text("the cat sat on the mat\n" * 150 + "zebra\n" + "the cat sat on the mat\n" * 150)
-    data = dialogue.load_data(_files(workdir, workdir / "s.txt", "data.level=word", "data.min_count=2",
-                                     "data.seq_len=4", "data.validation_split=0.05"), workdir)
+    data = load_data(_files(workdir, workdir / "s.txt", "data.level=word", "data.min_count=2",
+                            "data.seq_len=4", "data.validation_split=0.05"), workdir)
     assert "zebra" not in data.vocabulary and data.counts["train_unknown_tokens"] == 1
-    capped = dialogue.load_data(_files(workdir, workdir / "s.txt", "data.max_vocab=4"), workdir)
+    capped = load_data(_files(workdir, workdir / "s.txt", "data.max_vocab=4"), workdir)
     assert len(capped.vocabulary) == 3 and capped.vocabulary[0] == " "  # most frequent first
 
 
@@ -83,7 +86,7 @@ def test_training_windows_are_next_tokens_and_change_every_epoch():
     from training.epochs import set_epoch
 
     ids = np.arange(1, 1001, dtype=np.int32)
-    ds = dialogue.train_dataset(ids, seq_len=10, batch_size=8, seed=3)
+    ds = train_dataset(ids, seq_len=10, batch_size=8, seed=3)
     firsts = []
     for epoch in (0, 1, 0):
         set_epoch(epoch)
@@ -105,7 +108,7 @@ def test_folder_of_text_files_is_read_in_name_order(workdir):
     (workdir / "scripts" / "notes.bin").write_bytes(b"\x00\x01")
     (workdir / "scripts" / "movie_titles_metadata.txt").write_text("m0 +++$+++ 10 things i hate about you +++$+++ 1999\n")
     cfg = _files(workdir, workdir / "scripts")
-    assert dialogue.read_text(cfg.data)[0] == "FIRST:\nHello.\n\n\nSECOND:\nLater.\n"
+    assert read_text(cfg.data)[0] == "FIRST:\nHello.\n\n\nSECOND:\nLater.\n"
 
 
 SCREENPLAY = """\
@@ -128,17 +131,17 @@ Rain on the window. ANNA pours tea.
 def test_screenplays_become_name_colon_lines(workdir):
     (workdir / "scene.txt").write_text(SCREENPLAY)
     cfg = _files(workdir, workdir / "scene.txt")
-    assert dialogue.read_text(cfg.data)[0] == (
+    assert read_text(cfg.data)[0] == (
         "INT. KITCHEN - NIGHT\nRain on the window. ANNA pours tea.\nANNA: You came back.\n"
         "BEN: (quietly) I never left. Not really.\nCUT TO:\n")
     dialogue_only = _files(workdir, workdir / "scene.txt", "data.stage_directions=drop")
-    assert dialogue.read_text(dialogue_only.data)[0] == "ANNA: You came back.\nBEN: I never left. Not really.\n"
+    assert read_text(dialogue_only.data)[0] == "ANNA: You came back.\nBEN: I never left. Not really.\n"
 
 
 def test_play_script_stage_directions_can_be_dropped(workdir):
     (workdir / "play.txt").write_text("HAMLET:\n[Aside] A little more than kin. (He turns)\n")
     cfg = _files(workdir, workdir / "play.txt", "data.stage_directions=drop")
-    assert dialogue.read_text(cfg.data)[0] == "HAMLET:\nA little more than kin.\n"
+    assert read_text(cfg.data)[0] == "HAMLET:\nA little more than kin.\n"
 
 
 def test_cornell_movie_lines_are_latin_1_and_put_back_in_order(workdir):
@@ -147,10 +150,10 @@ def test_cornell_movie_lines_are_latin_1_and_put_back_in_order(workdir):
             f"L10{sep}u1{sep}m0{sep}CAMERON{sep}Not yet.", f"L1{sep}u0{sep}m0{sep}BIANCA{sep}They do not!"]
     (workdir / "movie_lines.txt").write_bytes("\n".join(rows).encode("latin-1"))
     cfg = _files(workdir, workdir / "movie_lines.txt")
-    assert dialogue.read_text(cfg.data)[0] == "BIANCA: They do not!\nBIANCA: Café?\nCAMERON: Not yet.\n\nJOE: Fine.\n"
+    assert read_text(cfg.data)[0] == "BIANCA: They do not!\nBIANCA: Café?\nCAMERON: Not yet.\n\nJOE: Fine.\n"
     (workdir / "movie_lines.txt").write_bytes(b"L1 +++$+++ u0 +++$+++ BIANCA +++$+++ They do not!\n")
     with pytest.raises(UserError, match=r"movie_lines.txt: line 1: malformed row, expected 5 fields"):
-        dialogue.read_text(cfg.data)
+        read_text(cfg.data)
 
 
 def test_tfds_tiny_shakespeare_joins_its_splits_in_order(workdir):
@@ -158,7 +161,7 @@ def test_tfds_tiny_shakespeare_joins_its_splits_in_order(workdir):
 
     cfg = _cfg(workdir, "data.source=tfds", "data.tfds_name=tiny_shakespeare", "data.tfds_download=false")
     with tfds.testing.mock_data(num_examples=1, policy=tfds.testing.MockPolicy.USE_CODE):
-        text, origin = dialogue.read_text(cfg.data)
+        text, origin = read_text(cfg.data)
         builder = tfds.builder("tiny_shakespeare")
         parts = [next(iter(builder.as_dataset(split=s)))["text"].numpy().decode() for s in ("train", "validation", "test")]
     assert origin == "tfds:tiny_shakespeare" and text == "".join(parts)
@@ -174,7 +177,7 @@ def test_bad_text_sources_are_clear_errors(workdir, setup, overrides, message):
     path = workdir / "input"
     setup(path)
     with pytest.raises(UserError, match=message):
-        dialogue.load_data(_files(workdir, path, *overrides), workdir)
+        load_data(_files(workdir, path, *overrides), workdir)
 
 
 def test_config_rules_are_checked(workdir):
@@ -300,9 +303,9 @@ def test_gated_exports_hold_no_cudnn_ops_and_verify_on_cpu(workdir, cell):
     from training.train import _write_export
 
     cfg = _cfg(workdir, f"model.cell={cell}", "model.units=[8, 8]", f"name=dialogue-{cell}")
-    data = dialogue.load_data(cfg, workdir)
-    model = dialogue.build_model(cfg, data)
-    export_dir = _write_export(cfg, dialogue, model, data, "run", [], {})  # verified in `python -I` with no GPU visible
+    data = load_data(cfg, workdir)
+    model = TASK.build_model(cfg, data)
+    export_dir = _write_export(cfg, TASK, model, data, None, "run", [], {})  # verified in `python -I` with no GPU visible
     graph = (export_dir / "saved_model.pb").read_bytes()
     assert b"Cudnn" not in graph and b"cudnn" not in graph
 

@@ -224,7 +224,7 @@ def test_sigterm_checkpoints_the_current_step_before_exit_and_the_run_resumes(un
 
 
 def test_slurm_job_step_with_several_tasks_becomes_a_cluster(tmp_path, monkeypatch):
-    from training import loop
+    from training import hardware
 
     scontrol = tmp_path / "scontrol"  # SLURM expands node lists with `scontrol show hostnames`
     scontrol.write_text("#!/bin/sh\nprintf 'node1\\nnode2\\n'\n")
@@ -235,19 +235,19 @@ def test_slurm_job_step_with_several_tasks_becomes_a_cluster(tmp_path, monkeypat
                        "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
                        "SLURM_JOB_NUM_NODES": "2", "CUDA_VISIBLE_DEVICES": ""}.items():
         monkeypatch.setenv(key, value)
-    resolver = loop.cluster_resolver()
+    resolver = hardware.cluster_resolver()
     assert resolver.cluster_spec().as_dict() == {"worker": ["node1:8888", "node2:8888"]}
     assert (resolver.task_type, resolver.task_id) == ("worker", 1)
 
 
 def test_cluster_from_the_config_and_its_rules(tmp_path):
-    from training import loop
+    from training import hardware
     from training.config import load_config
     from training.errors import ConfigError
 
     cfg = load_config(CONFIGS / "smoke" / "recommender.yaml",
                       ["train.cluster_workers=[host-a:2222, host-b:2222]", "train.worker_index=1"])
-    resolver = loop.cluster_resolver(cfg.train) if "TF_CONFIG" not in os.environ else None
+    resolver = hardware.cluster_resolver(cfg.train) if "TF_CONFIG" not in os.environ else None
     assert resolver.cluster_spec().as_dict() == {"worker": ["host-a:2222", "host-b:2222"]} and resolver.task_id == 1
     with pytest.raises(ConfigError, match="train.cluster_workers` and `train.worker_index` go together"):
         load_config(CONFIGS / "smoke" / "recommender.yaml", ["train.worker_index=0"])

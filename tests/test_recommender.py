@@ -16,7 +16,12 @@ import tensorflow as tf
 from training.config import load_config
 from training.epochs import set_epoch
 from training.errors import ConfigError, UserError
-from training.tasks import recommender as rec
+from training.tasks.recommender.data import load_data, train_dataset
+from training.tasks.recommender.metrics import RankingMetric, held_out_ranks, ranking
+from training.tasks.recommender.model import build_model
+from training.tasks.recommender.readers import Log, detect_format, read_interactions, read_tfds, read_titles
+from training.tasks.recommender.serving import popularity
+from training.tasks.recommender.split import complement_items, make_split
 from training.train import train
 
 from conftest import CONFIGS, SHARED_DATA, WITHOUT_REELML, run_cli
@@ -37,7 +42,7 @@ def _columns(**kw):
 def test_movielens_100k_u_data(tmp_path):
     path = tmp_path / "u.data"
     path.write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
-    log = rec.read_interactions(path)
+    log = read_interactions(path)
     assert list(log.users) == ["196", "186"] and list(log.items) == ["242", "302"]
     assert list(log.rating) == [3, 3] and list(log.timestamp) == [881250949, 891717742] and log.weight is None
 
@@ -45,15 +50,15 @@ def test_movielens_100k_u_data(tmp_path):
 def test_movielens_1m_ratings_dat(tmp_path):
     path = tmp_path / "ratings.dat"
     path.write_text("1::1193::5::978300760\n1::661::3::978302109\n")
-    log = rec.read_interactions(path)
+    log = read_interactions(path)
     assert list(log.users) == ["1", "1"] and list(log.items) == ["1193", "661"] and list(log.rating) == [5, 3]
 
 
 def test_movielens_latest_ratings_csv(tmp_path):
     path = tmp_path / "ratings.csv"
     path.write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n")
-    assert rec.detect_format(path) == "movielens_latest"
-    log = rec.read_interactions(path)
+    assert detect_format(path) == "movielens_latest"
+    log = read_interactions(path)
     assert list(log.items) == ["1", "3"] and list(log.rating) == [4.0, 4.5]
 
 
@@ -61,7 +66,7 @@ def test_column_mapped_csv_with_weights(tmp_path):
     path = tmp_path / "views.csv"
     path.write_text("viewer;title_id;minutes;when\nana;T-1;42.5;10\nbo;T-2;3;11\n")
     cols = _columns(user="viewer", item="title_id", weight="minutes", timestamp="when")
-    log = rec.read_interactions(path, "csv", cols, delimiter=";")
+    log = read_interactions(path, "csv", cols, delimiter=";")
     assert list(log.users) == ["ana", "bo"] and list(log.items) == ["T-1", "T-2"]
     assert list(log.weight) == [42.5, 3.0] and list(log.timestamp) == [10, 11] and log.rating is None
 
@@ -71,7 +76,7 @@ def test_parquet_with_a_column_mapping(tmp_path):
 
     path = tmp_path / "log.parquet"
     pd.DataFrame({"u": [7, 8], "i": ["x", "y"], "r": [1.0, 5.0]}).to_parquet(path)
-    log = rec.read_interactions(path, "auto", _columns(user="u", item="i", rating="r"))
+    log = read_interactions(path, "auto", _columns(user="u", item="i", rating="r"))
     assert list(log.users) == ["7", "8"] and list(log.items) == ["x", "y"] and list(log.rating) == [1.0, 5.0]
 
 
@@ -91,7 +96,7 @@ def test_malformed_files_are_reported_with_file_and_line(tmp_path, name, text, m
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(UserError, match=message):
-        rec.read_interactions(path, "auto", _columns())
+        read_interactions(path, "auto", _columns())
 
 
 def test_tfds_movielens_names(workdir):
@@ -100,17 +105,17 @@ def test_tfds_movielens_names(workdir):
     overrides = ["data.source=tfds", "data.tfds_name=movielens/100k-ratings", "data.tfds_download=false"]
     cfg = load_config(CONFIGS / "smoke" / "recommender.yaml", overrides)
     with tfds.testing.mock_data(num_examples=50, policy=tfds.testing.MockPolicy.USE_CODE):
-        log = rec._read_tfds(cfg.data)
+        log = read_tfds(cfg.data)
     assert len(log.users) == len(log.items) == len(log.rating) == len(log.timestamp) == 50 and log.titles
     cfg = load_config(CONFIGS / "smoke" / "recommender.yaml", overrides + [f"data.tfds_data_dir={workdir / 'empty'}"])
     with pytest.raises(UserError, match=r"data.tfds_name `movielens/100k-ratings`: could not be loaded.*tfds_data_dir"):
-        rec._read_tfds(cfg.data)
+        read_tfds(cfg.data)
 
 
 def test_movielens_titles_are_latin_1(tmp_path):
     path = tmp_path / "u.item"
     path.write_bytes("1|Toy Story (1995)|01-Jan-1995||http://x|0|0\n2|Café Society (1995)|01-Jan-1995||x|0\n".encode("latin-1"))
-    assert rec.read_titles(path, _columns()) == {"1": "Toy Story (1995)", "2": "Café Society (1995)"}
+    assert read_titles(path, _columns()) == {"1": "Toy Story (1995)", "2": "Café Society (1995)"}
 
 
 def test_malformed_row_through_the_cli_exits_2(tmp_path):
@@ -133,7 +138,7 @@ def _log(n_users=30, n_items=150, per_user=12, seed=0, timestamps=True):
             users.append(f"u{u}")
             items.append(f"i{i}")
             ts.append(1000 + 10 * t)
-    return rec.Log(users=np.array(users, dtype=object), items=np.array(items, dtype=object),
+    return Log(users=np.array(users, dtype=object), items=np.array(items, dtype=object),
                    timestamp=np.array(ts, float) if timestamps else None)
 
 
@@ -143,7 +148,7 @@ def _pairs(users, items):
 
 def test_split_holds_out_the_latest_interactions_and_leaks_nothing():
     log = _log()
-    s = rec.make_split(log, negatives=99, seed=3)
+    s = make_split(log, negatives=99, seed=3)
     assert len(s.test_users) == len(s.val_users) == 30
     train = _pairs(s.train_users, s.train_items)
     latest = {}
@@ -161,7 +166,7 @@ def test_split_holds_out_the_latest_interactions_and_leaks_nothing():
 
 def test_train_on_validation_moves_only_the_validation_items_into_training():
     log = _log()
-    held, final = rec.make_split(log, negatives=99, seed=3), rec.make_split(log, negatives=99, seed=3, train_on_validation=True)
+    held, final = make_split(log, negatives=99, seed=3), make_split(log, negatives=99, seed=3, train_on_validation=True)
     np.testing.assert_array_equal(held.test_users, final.test_users)
     np.testing.assert_array_equal(held.test_candidates, final.test_candidates)  # the same test, item for item
     assert len(final.val_users) == 0 and final.val_candidates.shape[0] == 0
@@ -172,13 +177,13 @@ def test_train_on_validation_moves_only_the_validation_items_into_training():
 
 def test_split_is_deterministic_for_a_seed_and_random_without_timestamps():
     log = _log(timestamps=False)
-    a, b, c = rec.make_split(log, seed=1), rec.make_split(log, seed=1), rec.make_split(log, seed=2)
+    a, b, c = make_split(log, seed=1), make_split(log, seed=1), make_split(log, seed=2)
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
     np.testing.assert_array_equal(a.test_candidates, b.test_candidates)
 
 
 def test_eval_negatives_are_distinct_and_never_seen():
-    s = rec.make_split(_log(), negatives=99, seed=0)
+    s = make_split(_log(), negatives=99, seed=0)
     seen = {u: set(s.seen_items[s.seen_splits[u]:s.seen_splits[u + 1]].tolist()) for u in range(s.num_users)}
     for users, candidates in ((s.val_users, s.val_candidates), (s.test_users, s.test_candidates)):
         assert candidates.shape == (30, 100)
@@ -187,23 +192,23 @@ def test_eval_negatives_are_distinct_and_never_seen():
 
 
 def test_implicit_feedback_threshold_and_duplicate_views():
-    log = rec.Log(users=np.array(["a", "a", "a", "b"], dtype=object), items=np.array(["x", "x", "y", "y"], dtype=object),
+    log = Log(users=np.array(["a", "a", "a", "b"], dtype=object), items=np.array(["x", "x", "y", "y"], dtype=object),
                   rating=np.array([5.0, 5.0, 4.0, 2.0]), weight=np.array([1.0, 2.0, 3.0, 4.0]))
     with pytest.raises(UserError, match="catalogue has only"):
-        rec.make_split(log, min_rating=4, negatives=99)
-    s = rec.make_split(log, min_rating=4, negatives=1)
+        make_split(log, min_rating=4, negatives=99)
+    s = make_split(log, min_rating=4, negatives=1)
     assert list(s.user_ids) == ["a"] and s.duplicates == 1
     assert sorted(zip(s.train_items.tolist(), s.train_weights.tolist())) == [(0, pytest.approx(1.0)), (1, pytest.approx(1.0))]
 
 
 def test_complement_sampling_is_exact():
     positives = np.array([0, 3, 4, 9])
-    assert rec.complement_items(positives, np.arange(6)).tolist() == [1, 2, 5, 6, 7, 8]
+    assert complement_items(positives, np.arange(6)).tolist() == [1, 2, 5, 6, 7, 8]
 
 
 def test_training_negatives_avoid_positives_and_change_every_epoch():
-    s = rec.make_split(_log(n_users=20, n_items=120, per_user=40), negatives=20, seed=0)
-    ds = rec.train_dataset(s, negatives=4, batch_size=64, seed=7)
+    s = make_split(_log(n_users=20, n_items=120, per_user=40), negatives=20, seed=0)
+    ds = train_dataset(s, negatives=4, batch_size=64, seed=7)
     positives = _pairs(s.train_users, s.train_items)
     epochs = []
     for epoch in (0, 1, 0):  # the loop sets the epoch; a restart that redoes epoch 0 sees its negatives again
@@ -224,7 +229,7 @@ def test_training_negatives_avoid_positives_and_change_every_epoch():
 
 def test_recency_weight_favours_each_users_latest_training_interactions():
     log = _log(n_users=5, per_user=12)
-    s = rec.make_split(log, negatives=20, seed=0, recency_weight=2.0)
+    s = make_split(log, negatives=20, seed=0, recency_weight=2.0)
     times = dict(zip(zip(log.users, log.items), log.timestamp))
     assert s.train_weights.mean() == pytest.approx(1.0, rel=1e-5)
     for u in range(5):
@@ -234,14 +239,14 @@ def test_recency_weight_favours_each_users_latest_training_interactions():
         assert np.all(np.diff(w) > 0)  # later interactions weigh more
         assert w[-1] / w[0] == pytest.approx(np.exp(2.0 * 9 / 11), rel=1e-4)  # places 0 .. 9 of 0 .. 11
     with pytest.raises(UserError, match="data.recency_weight: the data has no timestamps"):
-        rec.make_split(_log(timestamps=False), negatives=20, recency_weight=1.0)
+        make_split(_log(timestamps=False), negatives=20, recency_weight=1.0)
 
 
 def test_per_interaction_weights_reach_the_batches_with_mean_one():
     log = _log(n_users=10, per_user=20)
     log.weight = np.linspace(1, 100, len(log.users))
-    s = rec.make_split(log, negatives=20, seed=0)
-    ds = rec.train_dataset(s, negatives=2, batch_size=1000, seed=0)
+    s = make_split(log, negatives=20, seed=0)
+    ds = train_dataset(s, negatives=2, batch_size=1000, seed=0)
     (_, y), = list(ds)
     assert y.numpy()[:, 0].mean() == pytest.approx(1.0, rel=1e-5) and y.numpy()[:, 0].std() > 0.1
 
@@ -254,21 +259,21 @@ def test_hit_rate_and_ndcg_against_hand_computed_cases():
     scores = np.array([[0.9, 0.1, 0.2, 0.3], [0.5, 0.8, 0.7, 0.1], [0.4, 0.4, 0.1, 0.2]], np.float32)
     relevance = np.zeros_like(scores)
     relevance[:, 0] = 1
-    assert rec.held_out_ranks(scores).tolist() == [0, 2, 1]
+    assert held_out_ranks(scores).tolist() == [0, 2, 1]
     cases = {(1, "hit"): 1 / 3, (2, "hit"): 2 / 3, (3, "hit"): 1.0,
              (2, "ndcg"): (1 + 1 / np.log2(3)) / 3, (3, "ndcg"): (1 + 1 / np.log2(4) + 1 / np.log2(3)) / 3}
     for (k, kind), want in cases.items():
-        metric = rec.RankingMetric(k, kind)
+        metric = RankingMetric(k, kind)
         metric.update_state(relevance[:2], scores[:2])
         metric.update_state(relevance[2:], scores[2:])  # accumulates over batches
         assert float(metric.result()) == pytest.approx(want, rel=1e-6), (k, kind)
-    constant = rec.RankingMetric(3, "hit")  # 3 others tie with the held-out item: all rank above it
+    constant = RankingMetric(3, "hit")  # 3 others tie with the held-out item: all rank above it
     constant.update_state(relevance, np.ones_like(scores))
     assert float(constant.result()) == 0.0  # a model that cannot tell items apart earns nothing
 
 
 def test_ranking_metric_finds_the_positive_in_any_column():
-    metric = rec.RankingMetric(1, "hit")
+    metric = RankingMetric(1, "hit")
     metric.update_state(np.array([[0, 0, 1.0]]), np.array([[0.1, 0.2, 0.3]]))
     assert float(metric.result()) == 1.0
 
@@ -294,6 +299,17 @@ def test_model_parameter_counts_and_shapes():
         assert tuple(ncf.item_embeddings(model).shape)[0] == items
 
 
+def test_builders_refuse_unknown_arguments_and_the_task_passes_each_all_of_its_own():
+    import inspect
+
+    from models import MODELS, ncf
+    from training.tasks.recommender.model import BUILDER_KEYS
+
+    with pytest.raises(TypeError, match="factor"):
+        ncf.build_gmf(10, 20, factor=4)  # a typo is an error, not a default silently kept
+    for name, keys in BUILDER_KEYS.items():
+        assert set(inspect.signature(MODELS[name]).parameters) == {"num_users", "num_items", "l2", "seed", *keys}, name
+
 def test_pretraining_is_checked_in_the_config():
     with pytest.raises(ConfigError, match="give both"):
         load_config(CONFIGS / "recommender.yaml", ["model.pretrain_gmf=exports/x"])
@@ -318,7 +334,7 @@ def trained(tmp_path_factory):
         neumf_cfg = load_config(CONFIGS / "smoke" / "recommender.yaml",
                                 common + [f"model.pretrain_gmf={gmf.export_dir}", f"model.pretrain_mlp={mlp.run_id}"])
         neumf = train(neumf_cfg)
-        data = rec.load_data(neumf_cfg, workdir / "runs" / "reload")
+        data = load_data(neumf_cfg, workdir / "runs" / "reload")
     finally:
         os.chdir(cwd)
     for result in (gmf, mlp, neumf):
@@ -327,8 +343,6 @@ def trained(tmp_path_factory):
 
 
 def test_neumf_starts_from_the_pretrained_gmf_and_mlp(trained, monkeypatch):
-    from training.tasks.recommender import build_model
-
     monkeypatch.chdir(trained["workdir"])
     model = build_model(trained["cfg"], trained["data"])
     gmf = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(str(trained["gmf"].export_dir)).variables}
@@ -338,8 +352,6 @@ def test_neumf_starts_from_the_pretrained_gmf_and_mlp(trained, monkeypatch):
 
 
 def test_pretraining_from_another_split_is_refused(trained, monkeypatch):
-    from training.tasks.recommender import build_model, load_data
-
     monkeypatch.chdir(trained["workdir"])
     cfg = load_config(CONFIGS / "smoke" / "recommender.yaml", [
         f"data.sample_dir={trained['workdir'] / 'sample'}", "data.split_seed=5", "model.factors=4", "model.mlp_layers=[16, 8]",
@@ -365,8 +377,6 @@ print(json.dumps(out))
 
 
 def test_export_serves_raw_ids_without_reelml(trained):
-    from training.tasks.recommender import popularity
-
     export_dir, s = trained["neumf"].export_dir, trained["data"].split
     users = [str(s.user_ids[0]), str(s.user_ids[5]), "someone new"]
     item = str(s.item_ids[1])
@@ -440,12 +450,12 @@ def test_a_monitor_that_is_not_measured_is_a_clear_error(workdir):
 
 @needs_ml100k
 def test_movielens_100k_split_and_toppop():
-    log = rec.read_interactions(ML100K / "u.data")
+    log = read_interactions(ML100K / "u.data")
     assert len(log.users) == 100_000
-    s = rec.make_split(log, seed=0)
+    s = make_split(log, seed=0)
     assert (s.num_users, s.num_items, len(s.test_users)) == (943, 1682, 943)
     assert len(s.train_users) == 100_000 - 2 * 943
-    hr, ndcg = rec._ranking(rec.held_out_ranks(rec.popularity(s, train_only=True)[s.test_candidates]), 10)
+    hr, ndcg = ranking(held_out_ranks(popularity(s, train_only=True)[s.test_candidates]), 10)
     assert 0.33 < hr < 0.48 and 0.15 < ndcg < 0.3
-    titles = rec.read_titles(ML100K / "u.item", _columns())
+    titles = read_titles(ML100K / "u.item", _columns())
     assert len(titles) == 1682 and titles["1"] == "Toy Story (1995)"

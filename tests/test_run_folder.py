@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -235,7 +234,7 @@ def test_stale_export_temp_folders_of_dead_writers_are_removed(sample_frames, wo
     root = workdir / "exports" / "frames-smoke"
     host = socket.gethostname()
     dead = [root / f".tmp-{_dead_pid()}@{host}-0123abcd", root / f".tmp-{_dead_pid()}@{host}-0123abcd-verify"]
-    alive = [root / f".tmp-{os.getpid()}@{host}-89abcdef", root / f".tmp-1@another-host-89abcdef"]
+    alive = [root / f".tmp-{os.getpid()}@{host}-89abcdef", root / ".tmp-1@another-host-89abcdef"]
     for path in dead + alive:
         (path / "variables").mkdir(parents=True)
     train(load_config(SMOKE, smoke_overrides(sample_frames, workdir)))

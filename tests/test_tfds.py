@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from training.config import load_config
 from training.errors import UserError
-from training.tasks import frames
+from training.tasks.frames.data import load_data
 from training.train import train
 
 from conftest import CONFIGS
@@ -43,7 +43,7 @@ def _tfds_overrides(workdir, name, data_dir=None):
 def test_prepared_tfds_data_dir_trains_offline(workdir):
     data_dir = _prepared_data_dir(workdir / "tfds")
     cfg = load_config(CONFIGS / "smoke" / "frames.yaml", _tfds_overrides(workdir, "studio_shots", data_dir))
-    data = frames.load_data(cfg, workdir / "run")
+    data = load_data(cfg, workdir / "run")
     assert data.class_names == ["wide", "medium", "close"]
     assert data.counts["train"] == 9  # 12 minus the 25% validation slice
     assert sum(int(tf.shape(y)[0]) for _, y in data.validation) == 3
@@ -55,7 +55,7 @@ def test_prepared_tfds_data_dir_trains_offline(workdir):
 def test_mock_data_for_a_catalogue_name(workdir):
     cfg = load_config(CONFIGS / "smoke" / "frames.yaml", _tfds_overrides(workdir, "rock_paper_scissors"))
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-        data = frames.load_data(cfg, workdir / "run")
+        data = load_data(cfg, workdir / "run")
     assert data.class_names == ["rock", "paper", "scissors"]
     x, y = next(iter(data.train))
     assert x.shape[1:] == (32, 32, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
@@ -64,4 +64,4 @@ def test_mock_data_for_a_catalogue_name(workdir):
 def test_unavailable_tfds_dataset_is_a_clear_error(workdir):
     cfg = load_config(CONFIGS / "smoke" / "frames.yaml", _tfds_overrides(workdir, "studio_shots", workdir / "empty"))
     with pytest.raises(UserError, match=r"data.tfds_name `studio_shots`: could not be loaded.*tfds_data_dir"):
-        frames.load_data(cfg, workdir / "run")
+        load_data(cfg, workdir / "run")

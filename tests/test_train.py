@@ -253,13 +253,13 @@ print('REPLICAS', tags['hardware.replicas'], 'EPOCHS', len(r.history), 'EXPORT',
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(sample_frames, workdir, monkeypatch):
     from training.tasks import frames
 
-    real = frames.make_loss
+    real = frames.TASK.make_loss
 
     def poisoned(cfg, data):
         loss = real(cfg, data)
         return lambda y_true, y_pred: loss(y_true, y_pred) * float("nan")
 
-    monkeypatch.setattr(frames, "make_loss", poisoned)
+    monkeypatch.setattr(frames.TASK, "make_loss", poisoned)
     with pytest.raises(UserError, match=r"training loss became nan at step 1.*Lower train.learning_rate"):
         train(_smoke(sample_frames, workdir))
     state = json.loads((workdir / "runs" / "frames-smoke" / "state.json").read_text())

@@ -46,6 +46,13 @@ def _config_args(p):
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")
 
 
+def add_output_arguments(p) -> None:
+    """The flags `reelml predict` takes for every task."""
+    p.add_argument("-h", "--help", action="store_true", help="show the flags of EXPORT_DIR's task and exit")
+    p.add_argument("--output", "-o", help="write results here (.csv or .jsonl); default: CSV on stdout")
+    p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's extension, else csv)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reelml", description="Train, track, export and run reelml models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,35 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip the reload check in a fresh process")
 
-    p = sub.add_parser("predict", help="run an export: frames over images, folders or videos; recommendations for users")
-    p.add_argument("export_dir", help="exports/<name> (newest version) or exports/<name>/<version>")
-    p.add_argument("inputs", nargs="*", help="frames: image files, folders of images, or video files; "
-                   "feature-row autoencoders: .csv, .parquet or .npy tables")
-    p.add_argument("--output", "-o", help="write results here (.csv or .jsonl); default: CSV on stdout")
-    p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's extension, else csv)")
-    p.add_argument("--every-seconds", type=float, help="video: sample one frame every this many seconds (default 1.0)")
-    p.add_argument("--every-frames", type=int, help="video: sample one frame every this many frames")
-    p.add_argument("--batch-size", type=int, default=64, help="frames per call of the model")
-    p.add_argument("--top-k", type=int, help="frames: also report the k most likely labels; dialogue: sample among the "
-                   "k likeliest tokens (0: all)")
-    p.add_argument("--user", action="append", metavar="USER_ID", help="recommender: recommend to this user (repeatable)")
-    p.add_argument("--users-file", metavar="FILE", help="recommender: recommend to every user ID in FILE (one per line)")
-    p.add_argument("--similar-to", action="append", metavar="ITEM_ID", help="recommender: items similar to this one (repeatable)")
-    p.add_argument("-k", type=int, default=10, help="recommender: items per user or per item; dialogue --next: tokens (default 10)")
-    p.add_argument("--prompt", action="append", metavar="TEXT", help="dialogue: continue this text (repeatable; \"\" starts a speech)")
-    p.add_argument("--next", action="store_true", help="dialogue: the k likeliest next tokens of each prompt and their probabilities")
-    p.add_argument("--max-tokens", type=int, help="dialogue: tokens to generate per prompt (default: the run's samples.max_tokens)")
-    p.add_argument("--temperature", type=float, help="dialogue: sampling temperature, 0 = always the likeliest token (default: the run's)")
-    p.add_argument("--seed", type=int, help="dialogue: sampling seed; the same seed gives the same text (default: random, printed)")
-    p.add_argument("--embed", metavar="FILE", help="autoencoder: also write each input's embedding to FILE (.parquet, .npy or .csv)")
-    p.add_argument("--anomalies", action="store_true", help="autoencoder: list only the inputs flagged as anomalies, with their scores")
+    # The flags after EXPORT_DIR are those of the export's task (training/tasks/<task>/predict.py), read by
+    # training.predict once it knows the task: `reelml predict EXPORT_DIR --help` lists them.
+    p = sub.add_parser("predict", add_help=False, help="run an export: frames over images, folders or videos; "
+                       "recommendations for users; dialogue; frame QC (EXPORT_DIR --help: its task's flags)")
+    add_output_arguments(p)
+    p.add_argument("export_dir", nargs="?", help="exports/<name> (newest version) or exports/<name>/<version>")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "predict":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return _run(args)
+        return _run(args, rest)
     except UserError as e:
         print(f"reelml {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -102,11 +96,11 @@ def main(argv=None) -> int:
         return 130
 
 
-def _run(args) -> int:
+def _run(args, rest) -> int:
     if args.command == "predict":
         from training.predict import predict
 
-        return predict(args, _import_tensorflow_quietly)
+        return predict(args, rest, _import_tensorflow_quietly)
 
     from training.config import load_config
 
@@ -149,11 +143,9 @@ def _print_summary(cfg, result):
     if result.export_dir:
         export_dir = Path(result.export_dir)
         print(f"Export: {export_dir}")
-        inputs = {"recommender": "--user USER_ID -k 10", "dialogue": '--prompt "ROMEO:" --seed 1'}.get(cfg.task, "FRAMES_OR_VIDEOS...")
-        if cfg.task == "autoencoder":
-            table = cfg.data.source in ("table", "sample_table")
-            inputs = ("ROWS.csv" if table else "FRAMES_OR_VIDEOS...") + " --anomalies [--embed embeddings.parquet]"
-        print(f"  predict: reelml predict {shlex.quote(str(export_dir.parent))} {inputs}")
+        from training.tasks import TASKS
+
+        print(f"  predict: reelml predict {shlex.quote(str(export_dir.parent))} {TASKS[cfg.task].predict_hint(cfg)}")
         # Bound to this machine only: TF Serving has no authentication; publish it wider on purpose, not by default.
         volume = shlex.quote(f"{export_dir.parent.resolve()}:/models/{cfg.name}")
         print(f"  serve:   docker run -p 127.0.0.1:8501:8501 -v {volume} "

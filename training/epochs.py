@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+# A module global, on purpose (the one piece of shared state in the spine): the training loop owns the
+# epoch (`set_epoch`), the pipelines only read it, and there is one loop per process. Passing it instead
+# would thread one more argument through `Task.load_data` and every dataset builder of every task (and
+# their tests and benchmarks) only to reach the same single variable, which the tf.data graphs capture
+# when they are built; a task that forgets it would silently replay epoch 1's order after a restart.
 _EPOCH: tf.Variable | None = None
 
 

@@ -8,16 +8,13 @@ state, the epoch and step counters and the per-epoch history together, so a run
 killed at any moment resumes from the last checkpoint by running the same
 command again, and ends with the weights an uninterrupted run would have. SIGTERM
 (a scheduler preempting the job) makes every worker checkpoint the same step and
-stop (`Preempted`).
+stop (`Preempted`). The strategy, precision and XLA choices are in
+`training/hardware.py`, the checkpoints in `training/checkpoints.py`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -31,118 +28,6 @@ from training.errors import Preempted, UserError
 
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite."""
-
-
-class CheckpointMismatch(UserError):
-    """A checkpoint that reads fine holds another model than the config builds."""
-
-    def __init__(self, path, detail):
-        self.path, self.detail = path, detail
-        super().__init__(f"{path}: this checkpoint holds a different model than the config builds ({detail})")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-# --------------------------------------------------------------------------- hardware
-
-
-def cluster_resolver(train_cfg=None):
-    """Where the workers are: TF_CONFIG, else a SLURM job step with several tasks, else `train.cluster_workers`.
-
-    Returns None when nothing describes a cluster of more than one worker.
-    """
-    resolvers = tf.distribute.cluster_resolver
-    if os.environ.get("TF_CONFIG"):
-        try:
-            config = json.loads(os.environ["TF_CONFIG"])
-        except json.JSONDecodeError as e:
-            raise UserError(f"TF_CONFIG: not valid JSON ({e})") from None
-        if sum(len(v) for v in config.get("cluster", {}).values()) > 1:
-            return resolvers.TFConfigClusterResolver()
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        return resolvers.SlurmClusterResolver(port_base=int(os.environ.get("REELML_SLURM_PORT", "8888")))
-    if train_cfg is not None and train_cfg.cluster_workers:
-        return resolvers.SimpleClusterResolver(
-            tf.train.ClusterSpec({"worker": train_cfg.cluster_workers}), task_type="worker", task_id=train_cfg.worker_index,
-        )
-    return None
-
-
-def make_strategy(train_cfg) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy for `train.strategy` (before any other TensorFlow op runs: collectives
-    must be configured at start-up)."""
-    name = train_cfg.strategy
-    if name in ("multi_worker", "auto"):
-        resolver = cluster_resolver(train_cfg)
-        if resolver is not None:
-            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-        if name == "multi_worker":
-            raise UserError("train.strategy `multi_worker`: no cluster found: set TF_CONFIG, run as several SLURM tasks, "
-                            "or set train.cluster_workers and train.worker_index (see scripts/launch_local.py)")
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    # The default strategy: one device (the first GPU if any), as model.fit uses it, no extra copies.
-    return tf.distribute.get_strategy()
-
-
-def barrier(strategy) -> None:
-    """Returns once every worker has got here (a one-number all-reduce; nothing to wait for on one worker)."""
-    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
-
-
-def resolve_precision(name: str) -> str:
-    if name != "auto":
-        return name
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
-        if capability >= (7, 0):  # tensor cores
-            return "mixed_float16"
-    return "float32"
-
-
-def resolve_jit(name: str, model=None, sample_batch=None) -> bool:
-    """Whether the training step is XLA-compiled, for `train.jit_compile`.
-
-    `auto` turns XLA on for GPUs, where it fuses well, and off on CPU, where it
-    measured slower (docs/benchmarks.md); and off, with a note, for a model with
-    ops XLA has no kernel for (Keras' random translation and zoom, for one).
-    `on` insists, and stops with a clear error for such a model. `sample_batch`:
-    returns one `(inputs, targets)` batch to trace the model with.
-    """
-    if name == "off" or (name == "auto" and not tf.config.list_physical_devices("GPU")):
-        return False
-    problem = None if model is None else _xla_problem(model, sample_batch()[0])
-    if problem is None:
-        return True
-    if name == "on":
-        raise UserError(f"train.jit_compile `on`: XLA cannot compile this model's training pass ({problem}); "
-                        "set train.jit_compile: auto or off, or leave out the layers named")
-    print(f"XLA off (train.jit_compile: auto): {problem}", flush=True)
-    return False
-
-
-def _xla_problem(model, sample) -> str | None:
-    """Lowers the model's training pass to XLA without running it; returns what XLA refused, if anything."""
-    forward = tf.function(lambda x: model(x, training=True), jit_compile=True)
-    try:
-        forward.experimental_get_compiler_ir(sample)(stage="hlo")
-    except (ValueError, tf.errors.OpError) as e:
-        unsupported = sorted(set(re.findall(r"(\w+) \(No registered", str(e))))
-        return f"no XLA kernel for {', '.join(unsupported)}" if unsupported else str(e).splitlines()[0][:300]
-    return None
-
-
-def is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in ("chief", None) or (
-        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
-    )
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -176,100 +61,6 @@ def make_optimizer(train_cfg, steps_per_epoch: int, precision: str):
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-class Checkpoints:
-    """Model, optimizer, RNG and metric state, epoch, step and history, saved together; the last good one is restored.
-
-    A checkpoint is taken at the end of an epoch, or mid-epoch when the job is
-    preempted (`step` > 0 then). Only the chief's checkpoints are kept: under
-    `MultiWorkerMirroredStrategy` every worker takes part in a save (its variables
-    may need collective reads), so the others write to a scratch folder they delete
-    at once, and all of them restore from the chief's folder. A checkpoint is
-    written in full before the folder's index points to it, so a crash mid-save
-    leaves the previous one in use; one that cannot be read is skipped for an older one.
-    """
-
-    def __init__(self, directory, model, optimizer, keep, chief=True, metrics=()):
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")  # epochs finished
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # steps into the next epoch
-        self.history = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
-        # Keras keeps dropout and augmentation RNG state in seed-generator variables that tf.train.Checkpoint
-        # does not reach through the model: saved by hand, so a resumed epoch draws the same masks.
-        rng = [v for v in model.variables if v.path.endswith("seed_generator_state")]
-        metric_state = [v for m in metrics for v in m.variables]
-        self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, step=self.step,
-                                         history=self.history, rng=rng, metrics=metric_state)
-        self._best = tf.train.Checkpoint(model=model)
-        self._optimizer = optimizer
-        directory = Path(directory)
-        self.chief = chief
-        write_dir = directory if chief else directory.parent / f".worker-{os.getpid()}"
-        self._scratch = None if chief else write_dir
-        self._manager = tf.train.CheckpointManager(self._ckpt, str(write_dir / "last"), max_to_keep=keep)
-        self._best_manager = tf.train.CheckpointManager(self._best, str(write_dir / "best"), max_to_keep=1)
-        self._directory, self._keep = directory, keep  # every worker reads the chief's checkpoints
-        self.saved = None  # (epoch, step) of the newest checkpoint this process wrote or read
-
-    def restore(self) -> tuple[list[dict], int]:
-        """Restores the newest readable checkpoint; returns the history of finished epochs and the steps
-        already done into the next one ([] and 0 when there is none).
-
-        A damaged checkpoint (truncated or unreadable files) is skipped for an older one. A checkpoint
-        that reads fine but does not fit this model (another architecture, precision or optimizer) stops.
-
-        Raises:
-            CheckpointMismatch: the checkpoint holds a different model.
-        """
-        reader = self._manager if self.chief else tf.train.CheckpointManager(self._ckpt, str(self._directory / "last"), self._keep)
-        for path in reversed(reader.checkpoints):
-            try:
-                self._ckpt.read(path).assert_existing_objects_matched().expect_partial()  # save_counter: not ours
-            except (ValueError, AssertionError) as e:  # read fine, but shapes or objects differ from this model's
-                raise CheckpointMismatch(path, _first_line(e)) from None
-            except (tf.errors.OpError, IndexError, UnicodeDecodeError) as e:  # truncated or damaged files
-                print(f"Checkpoint {path} is damaged ({type(e).__name__}: {_first_line(e)[:200]}); trying an older one",
-                      flush=True)
-                continue
-            epoch, step = int(self.epoch.numpy()), int(self.step.numpy())
-            self.saved = (epoch, step)
-            print(f"Resuming from {path} (epoch {epoch}" + (f", step {step} of the next" if step else "") + ")", flush=True)
-            return json.loads(self.history.numpy().decode()), step
-        return [], 0
-
-    def save(self, epoch: int, history: list[dict], step: int = 0):
-        self.epoch.assign(epoch)
-        self.step.assign(step)
-        self.history.assign(json.dumps(history))
-        self._manager.save(checkpoint_number=int(self._optimizer.iterations.numpy()))
-        self._drop_scratch()
-        self.saved = (epoch, step)
-
-    def save_best(self, epoch: int):
-        self._best_manager.save(checkpoint_number=epoch)
-        self._drop_scratch()
-
-    def restore_best(self) -> bool:
-        """Restores the best epoch's weights (call `barrier` first on a cluster: the chief must be done saving)."""
-        path = tf.train.latest_checkpoint(str(self._directory / "best"))
-        if not path:
-            return False
-        try:
-            self._best.read(path).expect_partial()
-        except ValueError as e:
-            raise CheckpointMismatch(path, _first_line(e)) from None
-        except (tf.errors.OpError, IndexError, UnicodeDecodeError) as e:
-            print(f"Best checkpoint {path} is damaged ({type(e).__name__}); keeping the last epoch's weights", flush=True)
-            self._ckpt.read(tf.train.latest_checkpoint(str(self._directory / "last"))).expect_partial()  # undo a part-read
-            return False
-        return True
-
-    def _drop_scratch(self):
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -426,7 +217,7 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_epoch_end=None, resume=True,
+def fit(loop: Loop, data, train_cfg, checkpoints, callbacks=(), on_epoch_end=None, resume=True,
         on_restore=None) -> list[dict]:
     """Trains for `train_cfg.epochs` epochs, resuming from the last checkpoint.
 
@@ -434,7 +225,7 @@ def fit(loop: Loop, data, train_cfg, checkpoints: Checkpoints, callbacks=(), on_
         loop: the compiled steps.
         data: the task's `Data` (train, validation, train_steps).
         train_cfg: the `train` config section.
-        checkpoints: where epochs are saved and resumed from.
+        checkpoints: the run's `training.checkpoints.Checkpoints`: where epochs are saved and resumed from.
         callbacks: Keras callbacks (TensorBoard, ...); a progress bar is added.
         on_epoch_end: called as `on_epoch_end(epoch, logs)` after each finished,
             checkpointed epoch (1-based), e.g. to log to MLflow.

@@ -10,6 +10,7 @@ export's task does not take.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
@@ -20,24 +21,48 @@ from pathlib import Path
 
 from training.errors import UserError
 
-TASK_NAMES = ("frames", "recommender", "autoencoder", "dialogue")
+class _TaskParser(argparse.ArgumentParser):
+    """The parser of one task's `reelml predict` flags; it remembers them, to name the task a stray flag belongs to."""
 
-# Options that only some tasks take: `args` attribute -> (flag, tasks). Unset options are None (or False).
-_TASK_OPTIONS = {
-    "every_seconds": ("--every-seconds", ("frames", "autoencoder")),
-    "every_frames": ("--every-frames", ("frames", "autoencoder")),
-    "top_k": ("--top-k", ("frames", "dialogue")),
-    "user": ("--user", ("recommender",)),
-    "users_file": ("--users-file", ("recommender",)),
-    "similar_to": ("--similar-to", ("recommender",)),
-    "prompt": ("--prompt", ("dialogue",)),
-    "next": ("--next", ("dialogue",)),
-    "max_tokens": ("--max-tokens", ("dialogue",)),
-    "temperature": ("--temperature", ("dialogue",)),
-    "seed": ("--seed", ("dialogue",)),
-    "embed": ("--embed", ("autoencoder",)),
-    "anomalies": ("--anomalies", ("autoencoder",)),
-}
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.flags: set[str] = set()
+
+    def add_argument(self, *names, **kwargs):
+        self.flags.update(n for n in names if n.startswith("-"))
+        return super().add_argument(*names, **kwargs)
+
+
+def task_parser(task, prog: str) -> _TaskParser:
+    """The whole `reelml predict` parser for one task: the shared output flags and the task's own."""
+    from training.cli import add_output_arguments
+
+    parser = _TaskParser(prog=prog, add_help=False, description=f"Run a {task.name} export; one row per result.")
+    add_output_arguments(parser)
+    task.predict_arguments(parser)
+    return parser
+
+
+def _a(task_name: str) -> str:
+    return f"{'an' if task_name[0] in 'aeiou' else 'a'} {task_name}"
+
+
+def _task_options(task, args, rest: list[str], export_dir: Path) -> dict:
+    """The values of the task's own flags, by name; a flag of another task (or of none) is a user error."""
+    from training.tasks import TASKS
+
+    parser = task_parser(task, f"reelml predict {export_dir}")
+    options, unknown = parser.parse_known_args(rest)
+    for token in unknown:
+        flag = token.split("=", 1)[0]
+        if not flag.startswith("-"):
+            raise UserError(f"`{token}`: {_a(task.name)} export (`{export_dir}`) takes no such input; "
+                            f"`reelml predict {export_dir} --help` lists what it takes")
+        owners = [name for name, other in TASKS.items() if flag in task_parser(other, "").flags]
+        where = f"it is for {' and '.join(owners)} exports" if owners else f"`reelml predict {export_dir} --help` lists its flags"
+        raise UserError(f"{flag}: not an option of {_a(task.name)} export (`{export_dir}`); {where}")
+    shared = {"help", "output", "format"}
+    return {k: v for k, v in vars(options).items() if k not in shared}
 
 
 def _writer(args):
@@ -50,17 +75,6 @@ def _writer(args):
         if not parent.is_dir():
             raise UserError(f"--output `{args.output}`: folder `{parent}` does not exist")
     return fmt
-
-
-def _check_options(args, task: str, export_dir: Path):
-    """Options of another task are mistakes (a frames export given --prompt would silently ignore it)."""
-    for attr, (flag, tasks) in _TASK_OPTIONS.items():
-        value = getattr(args, attr, None)
-        if value is not None and value is not False and task not in tasks:
-            raise UserError(f"{flag}: not an option of {'an' if task[0] in 'aeiou' else 'a'} {task} export (`{export_dir}`); it is for "
-                            f"{' and '.join(tasks)} exports")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: expected at least 1 (inputs per call of the model)")
 
 
 def _other_versions(export_dir: Path) -> str:
@@ -168,26 +182,41 @@ def _check_signatures(loaded, metadata, export_dir: Path):
                         f"assets.extra/reelml.json lists; saved_model.pb and reelml.json come from different exports")
 
 
-def predict(args, import_tensorflow) -> int:
+def _print_general_help():
+    print("usage: reelml predict EXPORT_DIR [-o OUT.csv|OUT.jsonl] [--format csv|jsonl] [TASK FLAGS ...]\n\n"
+          "Runs an export and writes one row per result. The flags after EXPORT_DIR are those of the export's task:\n"
+          "  reelml predict EXPORT_DIR --help    lists them")
+
+
+def predict(args, rest: list[str], import_tensorflow) -> int:
+    """`reelml predict`: `args` holds EXPORT_DIR and the output flags, `rest` the task's flags and inputs."""
     from training.export import read_metadata, resolve_export_dir
 
+    if args.export_dir is None:
+        if args.help:
+            _print_general_help()
+            return 0
+        raise UserError("expected EXPORT_DIR: exports/<name> (newest version) or exports/<name>/<version>")
     given = Path(args.export_dir)
     if not (given / "saved_model.pb").exists() and ((given / "variables").is_dir() or (given / "assets.extra").is_dir()):
         _check_complete(given)  # a version folder without its saved_model.pb: name the file, not "not an export"
     export_dir = resolve_export_dir(given)
     _check_complete(export_dir)  # before the metadata: an empty or half-copied version folder says so
     metadata = read_metadata(export_dir)
-    task_name = metadata.get("task")
-    if task_name not in TASK_NAMES:
-        raise UserError(f"`{export_dir}`: unknown task {task_name!r} in its metadata (expected one of {', '.join(TASK_NAMES)})")
-    _check_options(args, task_name, export_dir)
-    fmt = _writer(args)
-    import_tensorflow()  # only once the arguments are known to be good
+    import_tensorflow()  # the task's flags are known once its module is loaded
     import tensorflow as tf
 
     from training.tasks import TASKS
 
+    task_name = metadata.get("task")
+    if task_name not in TASKS:
+        raise UserError(f"`{export_dir}`: unknown task {task_name!r} in its metadata (expected one of {', '.join(TASKS)})")
     task = TASKS[task_name]
+    if args.help:
+        task_parser(task, f"reelml predict {export_dir}").print_help()
+        return 0
+    options = _task_options(task, args, rest, export_dir)
+    fmt = _writer(args)
     loaded = load_export(export_dir, tf)
     _check_signatures(loaded, metadata, export_dir)
 
@@ -197,7 +226,7 @@ def predict(args, import_tensorflow) -> int:
         skipped.append(path)
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
-    rows = task.predict(loaded, metadata, args, report)
+    rows = task.predict(loaded, metadata, report, **options)
     out = None  # the output file is opened with the first row: an error before it leaves no file behind
     count = 0
 

@@ -128,7 +128,8 @@ class Tracker:
             run_id: the run to resume; None: a new run, or the one tagged with `attempt`.
             attempt: a token saved in the run folder before the run is created (`reelml.attempt` tag): a
                 process killed between creating the run and saving its id finds that run again.
-            on_start: called with the run id as soon as the run exists, before anything else is logged.
+            on_start: called with the run id as soon as the run exists, before anything else is logged
+                (with None when tracking is off).
         """
         try:
             yield self._start(run_id, attempt, on_start)
@@ -139,6 +140,8 @@ class Tracker:
 
     def _start(self, run_id=None, attempt=None, on_start=None) -> str | None:
         if not self.enabled:
+            if on_start is not None:
+                on_start(None)
             return None
         import mlflow
 

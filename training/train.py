@@ -48,11 +48,12 @@ def build(cfg: RunConfig, run_dir: Path, strategy, chief: bool = True) -> Built:
     """
     import keras
 
-    from training import loop
+    from training import checkpoints as ckpt
+    from training import hardware, loop
     from training.tasks import TASKS
 
     task = TASKS[cfg.task]
-    precision = loop.resolve_precision(cfg.train.mixed_precision)
+    precision = hardware.resolve_precision(cfg.train.mixed_precision)
     keras.mixed_precision.set_global_policy(precision)  # before the model is built
     data = task.load_data(cfg, run_dir)
     with strategy.scope():
@@ -61,19 +62,19 @@ def build(cfg: RunConfig, run_dir: Path, strategy, chief: bool = True) -> Built:
         optimizer.build(model.trainable_variables)
         steps = loop.Loop(
             model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy,
-            jit_compile=loop.resolve_jit(cfg.train.jit_compile, model, lambda: next(iter(data.train))),
+            jit_compile=hardware.resolve_jit(cfg.train.jit_compile, model, lambda: next(iter(data.train))),
             steps_per_execution=cfg.train.steps_per_execution,
             make_eval_metrics=lambda: task.make_eval_metrics(cfg, data),
         )
     # Outside the scope: the epoch, step and history counters are plain host variables on every worker.
-    checkpoints = loop.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints, chief,
+    checkpoints = ckpt.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints, chief,
                                    metrics=steps.train_metrics)
     return Built(task, data, precision, model, steps, checkpoints)
 
 
 def _name_changed_keys(run_dir: Path, cfg: RunConfig, error):
     """A checkpoint mismatch, with the config keys that differ from the run's own config."""
-    from training.loop import CheckpointMismatch
+    from training.checkpoints import CheckpointMismatch
 
     previous = (read_state(run_dir) or {}).get("config") or {}
     changed = [f"{k}: {previous.get(k)!r} in the run, {v!r} now" for k, v in cfg.flat().items()
@@ -86,12 +87,13 @@ def _name_changed_keys(run_dir: Path, cfg: RunConfig, error):
 def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
     import keras
 
-    from training import export, loop, tracking
+    from training import export, hardware, loop, tracking
+    from training.checkpoints import CheckpointMismatch
 
     run_dir = Path(cfg.runs_dir) / cfg.name
     # Hardware: strategy first (multi-worker collectives must be set up before any op runs).
-    strategy = loop.make_strategy(cfg.train)
-    chief = loop.is_chief(strategy)
+    strategy = hardware.make_strategy(cfg.train)
+    chief = hardware.is_chief(strategy)
     keras.utils.set_random_seed(cfg.seed)
     with RunLock(run_dir, "train") if chief else contextlib.nullcontext():  # one trainer per run folder
         state = RunState(run_dir, cfg, fresh, chief)
@@ -103,14 +105,13 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
         if chief and state.run_id is None:
             state.save("starting")  # the attempt token first: a kill once the MLflow run exists finds it again
 
-        def started(run_id):  # the MLflow run exists: its id is saved before anything else is logged
+        def started(run_id):  # the MLflow run exists (or tracking is off): its id is saved before anything is logged
             state.run_id = run_id
             if chief:
                 state.save("running")
 
-        with tracker.run(state.run_id, state.attempt, on_start=started) as state.run_id:  # ends as FINISHED, FAILED or KILLED
+        with tracker.run(state.run_id, state.attempt, on_start=started):  # ends the run as FINISHED, FAILED or KILLED
             if chief:
-                state.save("running")
                 (run_dir / "config.yaml").write_text(cfg.to_yaml())
             tracker.set_tags({"data.fingerprint": data.fingerprint, "hardware.precision": b.precision,
                               "hardware.strategy": type(strategy).__name__,
@@ -119,23 +120,24 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
 
             try:
                 # A task may add its own per-epoch callbacks (dialogue: generated samples logged to MLflow).
-                extra = task.epoch_callbacks(cfg, model, data, tracker) if hasattr(task, "epoch_callbacks") else []
+                extra = task.epoch_callbacks(cfg, model, data, tracker)
                 history = loop.fit(steps, data, cfg.train, checkpoints,
                                    callbacks=[loop.EpochSummaries(run_dir / "tensorboard"), *extra],
                                    on_epoch_end=tracker.log_epoch, resume=state.resumed,
                                    on_restore=tracker.log_history)  # epochs MLflow missed before a kill, first
             except loop.TrainingDiverged as e:
                 raise UserError(f"{e}; the last checkpoint is kept. Lower train.learning_rate or set train.clipnorm") from None
-            except loop.CheckpointMismatch as e:
+            except CheckpointMismatch as e:
                 raise _name_changed_keys(run_dir, cfg, e) from None
 
             if cfg.train.restore_best and data.validation is not None:
-                loop.barrier(strategy)  # the chief has written the best epoch before anyone reads it
+                hardware.barrier(strategy)  # the chief has written the best epoch before anyone reads it
                 checkpoints.restore_best()
             test_metrics = {}
             if data.test is not None:
                 test_metrics = steps.evaluate(strategy.experimental_distribute_dataset(data.test), prefix="test_")
-            report_metrics, figures = task.report(cfg, model, data)
+            calibration = task.calibrate(cfg, model, data)  # fitted on the final weights, shipped in the export
+            report_metrics, figures = task.report(cfg, model, data, calibration)
             tracker.log_final({**test_metrics, **report_metrics})
             figures["learning_curves.png"] = tracking.learning_curves(history)
             for name, figure in figures.items():
@@ -143,7 +145,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
 
             export_dir = None
             if cfg.export.enabled and chief:
-                export_dir = export_run(cfg, task, model, data, state.run_id, history, test_metrics)
+                export_dir = export_run(cfg, task, model, data, calibration, state.run_id, history, test_metrics)
                 tracker.log_artifacts(export_dir, "export")
                 tracker.set_tags({"export.path": str(export_dir.resolve())})
         # After MLflow has the run as FINISHED: a kill in between resumes the run, which finds everything done.
@@ -153,7 +155,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
                        {**test_metrics, **report_metrics})
 
 
-def export_run(cfg, task, model, data, run_id, history=(), test_metrics=None) -> Path:
+def export_run(cfg, task, model, data, calibration, run_id, history=(), test_metrics=None) -> Path:
     """Exports the model as the next version of `<export.dir>/<name>`, once per run."""
     from training import export
 
@@ -161,16 +163,16 @@ def export_run(cfg, task, model, data, run_id, history=(), test_metrics=None) ->
     existing = export.find_run_export(root, run_id)
     if existing is not None:  # exported before a crash: do not write a second version
         return existing
-    return _write_export(cfg, task, model, data, run_id, history, test_metrics)
+    return _write_export(cfg, task, model, data, calibration, run_id, history, test_metrics)
 
 
-def _write_export(cfg, task, model, data, run_id, history, test_metrics) -> Path:
+def _write_export(cfg, task, model, data, calibration, run_id, history, test_metrics) -> Path:
     from training import export
 
-    metadata = {"task": cfg.task, "name": cfg.name, "run_id": run_id, **task.export_metadata(cfg, data),
+    metadata = {"task": cfg.task, "name": cfg.name, "run_id": run_id, **task.export_metadata(cfg, data, calibration),
                 "data_fingerprint": data.fingerprint, "config_fingerprint": cfg.fingerprint(),
                 "epochs_trained": len(history), "test_metrics": test_metrics or {}}
-    tracked, endpoints = task.serving_endpoints(cfg, model, data)
+    tracked, endpoints = task.serving_endpoints(cfg, model, data, calibration)
     verify = task.verification_inputs(cfg, data) if cfg.export.verify else None
     return export.export(tracked, endpoints, Path(cfg.export.dir) / cfg.name, metadata, cfg.to_yaml(), verify)
 
@@ -184,7 +186,7 @@ def _restore(cfg: RunConfig):
     state = read_state(run_dir) or {}
     keras.utils.set_random_seed(cfg.seed)
     b = build(cfg, run_dir, tf.distribute.get_strategy())
-    from training.loop import CheckpointMismatch
+    from training.checkpoints import CheckpointMismatch
 
     try:
         history, _ = b.checkpoints.restore()
@@ -222,4 +224,5 @@ def reexport(cfg: RunConfig) -> Path:
     with RunLock(_trained_run_dir(cfg), "export"):
         task, data, model, steps, history, run_id = _restore(cfg)
         test_metrics = steps.evaluate(data.test, prefix="test_") if data.test is not None else {}
-        return _write_export(cfg, task, model, data, run_id, history, test_metrics)
+        calibration = task.calibrate(cfg, model, data)
+        return _write_export(cfg, task, model, data, calibration, run_id, history, test_metrics)

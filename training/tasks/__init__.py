@@ -1,13 +1,13 @@
-"""One module per task: its data pipeline, loss and metrics, serving signatures and report.
+"""One package per task, each following the contract in `training/tasks/base.py`.
 
-`TASKS` maps a config's `task` to its module.
+`TASKS` maps a config's `task` to its `Task`: a plain dict, read top to bottom.
 """
 
 from training.tasks import autoencoder, dialogue, frames, recommender
 
 TASKS = {
-    "frames": frames,
-    "recommender": recommender,
-    "autoencoder": autoencoder,
-    "dialogue": dialogue,
+    "frames": frames.TASK,
+    "recommender": recommender.TASK,
+    "autoencoder": autoencoder.TASK,
+    "dialogue": dialogue.TASK,
 }
