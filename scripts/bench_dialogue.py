@@ -123,8 +123,8 @@ def generation_side_by_side(args, cfg, data, ours, workdir, results):
 
     def saved_model_generation():
         t = time.perf_counter()
-        out = generate(prompt=tf.constant([prompt]), max_tokens=tf.constant(args.tokens), temperature=tf.constant(1.0),
-                       top_k=tf.constant(0), seed=tf.constant(1, tf.int64))
+        out = generate(prompt=tf.constant([prompt]), max_tokens=tf.constant([args.tokens]), temperature=tf.constant([1.0]),
+                       top_k=tf.constant([0]), seed=tf.constant([1], tf.int64))
         out["text"].numpy()
         return time.perf_counter() - t
 

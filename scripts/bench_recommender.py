@@ -144,7 +144,7 @@ def main():
     loaded = tf.saved_model.load(str(export_dir))
     recommend = loaded.signatures["recommend"]
     user_ids = [str(u) for u in split.user_ids]
-    k = tf.constant(10)
+    k = tf.constant([10])  # per row: one user per call
     for u in user_ids[:20]:
         recommend(user_id=tf.constant([u]), k=k)
     latencies = []

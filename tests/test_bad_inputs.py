@@ -326,29 +326,32 @@ def test_autoencoder_signatures_take_an_empty_batch(ae_export, table_export):
 
 
 def _generate(loaded, prompts, temperature, max_tokens=20, top_k=0, seed=3):
-    return loaded.signatures["generate"](prompt=tf.constant(prompts, tf.string), max_tokens=tf.constant(max_tokens, tf.int32),
-                                         temperature=tf.constant(temperature, tf.float32),
-                                         top_k=tf.constant(top_k, tf.int32), seed=tf.constant(seed, tf.int64))
+    rows = [len(prompts)]  # every input per row
+    return loaded.signatures["generate"](prompt=tf.constant(prompts, tf.string),
+                                         max_tokens=tf.fill(rows, tf.constant(max_tokens, tf.int32)),
+                                         temperature=tf.fill(rows, tf.constant(temperature, tf.float32)),
+                                         top_k=tf.fill(rows, tf.constant(top_k, tf.int32)),
+                                         seed=tf.fill(rows, tf.constant(seed, tf.int64)))
 
 
 def test_dialogue_signatures_take_an_empty_batch(dialogue_export):
     loaded = tf.saved_model.load(str(dialogue_export))
     assert _shapes(_generate(loaded, [], 0.8)) == {"text": (0,), "num_tokens": (0,), "unknown_tokens": (0,)}
     assert _shapes(_generate(loaded, [], 0.8, max_tokens=0)) == {"text": (0,), "num_tokens": (0,), "unknown_tokens": (0,)}
-    out = loaded.signatures["next_token"](text=tf.constant([], tf.string), k=tf.constant(3))
+    out = loaded.signatures["next_token"](text=tf.constant([], tf.string), k=tf.constant([3]))
     assert _shapes(out) == {"token": (0, 3), "probability": (0, 3), "unknown_tokens": (0,)}
 
 
 def test_recommender_signatures_take_an_empty_batch_and_any_k(rec_export):
     loaded = tf.saved_model.load(str(rec_export))
     none = tf.constant([], tf.string)
-    assert _shapes(loaded.signatures["recommend"](user_id=none, k=tf.constant(5))) == {
+    assert _shapes(loaded.signatures["recommend"](user_id=none, k=tf.constant([5]))) == {
         "item_id": (0, 5), "title": (0, 5), "score": (0, 5), "known_user": (0,)}
     assert _shapes(loaded.signatures["score"](user_id=none, item_id=none)) == {"score": (0,), "known_user": (0,), "known_item": (0,)}
-    assert _shapes(loaded.signatures["similar_items"](item_id=none, k=tf.constant(5)))["item_id"] == (0, 5)
+    assert _shapes(loaded.signatures["similar_items"](item_id=none, k=tf.constant([5])))["item_id"] == (0, 5)
     # a negative k asks for nothing (it used to fail inside top_k)
-    assert _shapes(loaded.signatures["recommend"](user_id=tf.constant(["x"]), k=tf.constant(-1)))["item_id"] == (1, 0)
-    assert _shapes(loaded.signatures["similar_items"](item_id=tf.constant(["x"]), k=tf.constant(-3)))["item_id"] == (1, 0)
+    assert _shapes(loaded.signatures["recommend"](user_id=tf.constant(["x"]), k=tf.constant([-1])))["item_id"] == (1, 0)
+    assert _shapes(loaded.signatures["similar_items"](item_id=tf.constant(["x"]), k=tf.constant([-3])))["item_id"] == (1, 0)
 
 
 def test_generate_clamps_a_non_finite_or_negative_temperature(dialogue_export):

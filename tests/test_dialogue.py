@@ -222,9 +222,11 @@ def trained(tmp_path_factory):
 
 
 def _generate(loaded, prompts, max_tokens=30, temperature=1.0, top_k=0, seed=1):
-    out = loaded.signatures["generate"](prompt=tf.constant(prompts), max_tokens=tf.constant(max_tokens, tf.int32),
-                                        temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k, tf.int32),
-                                        seed=tf.constant(seed, tf.int64))
+    rows = [len(prompts)]  # every input per row
+    out = loaded.signatures["generate"](prompt=tf.constant(prompts), max_tokens=tf.fill(rows, tf.constant(max_tokens, tf.int32)),
+                                        temperature=tf.fill(rows, tf.constant(temperature, tf.float32)),
+                                        top_k=tf.fill(rows, tf.constant(top_k, tf.int32)),
+                                        seed=tf.fill(rows, tf.constant(seed, tf.int64)))
     return [t.decode() for t in out["text"].numpy()], out
 
 
@@ -268,12 +270,12 @@ def test_empty_prompt_unknown_characters_and_token_limits(trained):
 
 def test_next_token_gives_the_likeliest_tokens_and_their_probabilities(trained):
     _, result, loaded = trained
-    out = loaded.signatures["next_token"](text=tf.constant(["ROMEO:", "", "\u2603"]), k=tf.constant(5))
+    out = loaded.signatures["next_token"](text=tf.constant(["ROMEO:", "", "\u2603"]), k=tf.fill([3], 5))
     p = out["probability"].numpy()
     assert p.shape == (3, 5) and np.all(np.diff(p, axis=1) <= 0) and np.all(p.sum(axis=1) <= 1 + 1e-6)
     assert b"[UNK]" not in out["token"].numpy()
     assert out["unknown_tokens"].numpy().tolist() == [0, 0, 1]
-    everything = loaded.signatures["next_token"](text=tf.constant(["ROMEO:"]), k=tf.constant(10**6))
+    everything = loaded.signatures["next_token"](text=tf.constant(["ROMEO:"]), k=tf.constant([10**6]))
     vocab_size = export_lib.read_metadata(result.export_dir)["vocab_size"]
     assert everything["probability"].shape == (1, vocab_size - 1)  # k clamped to the vocabulary, the unknown token left out
     assert 0.9 < everything["probability"].numpy().sum() <= 1 + 1e-6
@@ -282,8 +284,8 @@ def test_next_token_gives_the_likeliest_tokens_and_their_probabilities(trained):
 _RELOAD = WITHOUT_REELML + """import tensorflow as tf
 assert not tf.config.list_logical_devices('GPU')
 loaded = tf.saved_model.load(sys.argv[1])
-out = loaded.signatures['generate'](prompt=tf.constant(['ROMEO:']), max_tokens=tf.constant(25), temperature=tf.constant(0.7),
-                                    top_k=tf.constant(5), seed=tf.constant(11, tf.int64))
+out = loaded.signatures['generate'](prompt=tf.constant(['ROMEO:']), max_tokens=tf.constant([25]), temperature=tf.constant([0.7]),
+                                    top_k=tf.constant([5]), seed=tf.constant([11], tf.int64))
 print(json.dumps(out['text'].numpy()[0].decode()))
 """
 

@@ -364,9 +364,9 @@ def test_pretraining_from_another_split_is_refused(trained, monkeypatch):
 _RELOAD = WITHOUT_REELML + """import tensorflow as tf
 m = tf.saved_model.load(sys.argv[1])
 users = json.loads(sys.argv[2])
-rec = m.signatures['recommend'](user_id=tf.constant(users), k=tf.constant(10))
+rec = m.signatures['recommend'](user_id=tf.constant(users), k=tf.fill([len(users)], 10))
 item = sys.argv[3]
-sim = m.signatures['similar_items'](item_id=tf.constant([item, 'nope']), k=tf.constant(5))
+sim = m.signatures['similar_items'](item_id=tf.constant([item, 'nope']), k=tf.fill([2], 5))
 sc = m.signatures['score'](user_id=tf.constant(users[:1]), item_id=tf.constant([item]))
 out = {'items': rec['item_id'].numpy().astype(str).tolist(), 'scores': rec['score'].numpy().tolist(),
        'known': rec['known_user'].numpy().tolist(), 'titles': rec['title'].numpy().astype(str).tolist(),

@@ -1,4 +1,4 @@
-"""`reelml train | evaluate | export | predict`.
+"""`reelml train | evaluate | export | predict | promote`.
 
 User errors (a bad config, path, file or ID) end in one readable message on
 stderr and exit status 2, never a traceback.
@@ -74,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", add_help=False, help="run an export: frames over images, folders or videos; "
                        "recommendations for users; dialogue; frame QC (EXPORT_DIR --help: its task's flags)")
     add_output_arguments(p)
-    p.add_argument("export_dir", nargs="?", help="exports/<name> (newest version) or exports/<name>/<version>")
+    p.add_argument("export_dir", nargs="?", help="exports/<name> (newest version), exports/<name>/<version>, "
+                   "models:/<name>@<alias> or models:/<name>/<version> (MLflow's registry)")
+
+    p = sub.add_parser("promote", help="point an MLflow registry alias (default `champion`) at a registered model version")
+    p.add_argument("name", help="the registered model: the config's `name`")
+    p.add_argument("--version", help="the version to promote (default: the newest)")
+    p.add_argument("--alias", default="champion", help="the alias to set (default: champion)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     return parser
 
 
@@ -101,6 +108,13 @@ def _run(args, rest) -> int:
         from training.predict import predict
 
         return predict(args, rest, _import_tensorflow_quietly)
+    if args.command == "promote":
+        from training import mlflow_model, tracking
+
+        uri = tracking.resolve_uri(args.tracking_uri)
+        version = mlflow_model.promote(args.name, args.version, args.alias, uri)
+        print(f"models:/{args.name}@{args.alias} -> version {version} (in {uri})")
+        return 0
 
     from training.config import load_config
 

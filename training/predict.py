@@ -197,6 +197,10 @@ def predict(args, rest: list[str], import_tensorflow) -> int:
             _print_general_help()
             return 0
         raise UserError("expected EXPORT_DIR: exports/<name> (newest version) or exports/<name>/<version>")
+    if args.export_dir.startswith("models:/"):  # a registered version: its downloaded export, then as any export
+        from training import mlflow_model, tracking
+
+        args.export_dir = str(mlflow_model.resolve_model_uri(args.export_dir, tracking.resolve_uri(None)))
     given = Path(args.export_dir)
     if not (given / "saved_model.pb").exists() and ((given / "variables").is_dir() or (given / "assets.extra").is_dir()):
         _check_complete(given)  # a version folder without its saved_model.pb: name the file, not "not an export"

@@ -26,6 +26,10 @@ HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACK
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
+# The experiment tag that MLflow 3's UI reads to show model training (runs, models, datasets) and not GenAI views.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 class TrackingLost(UserError):
     """The tracking server stopped answering mid-run; the run's checkpoint is kept and the same command resumes it."""
 
@@ -93,6 +97,7 @@ class Tracker:
         self.uri = resolve_uri(cfg.tracking.uri)
         self._logged_epochs: set[int] = set()
         self._logged_finals: set[str] = set()
+        self._has_datasets = False
         self._lost = False
         if self.enabled:
             check_reachable(self.uri)
@@ -148,6 +153,8 @@ class Tracker:
         with self._calls():
             mlflow.set_tracking_uri(self.uri)
             experiment = mlflow.set_experiment(self.cfg.tracking.experiment)
+            if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:  # MLflow's UI: a training, not a GenAI, experiment
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             if run_id is None and attempt:
                 found = mlflow.MlflowClient().search_runs(
                     [experiment.experiment_id], f"tags.`reelml.attempt` = '{attempt}'", max_results=1)
@@ -166,6 +173,7 @@ class Tracker:
                 self._logged_epochs = {m.step for m in history}
                 # A kill after the final metrics were logged but before the run finished: they are not logged twice.
                 self._logged_finals = set(run.data.metrics)  # start_run fetched the run: no second request
+                self._has_datasets = bool(run.inputs and run.inputs.dataset_inputs)
         return self.run_id
 
     def set_tags(self, tags: dict):
@@ -202,6 +210,28 @@ class Tracker:
             with self._calls():
                 mlflow.log_metrics(metrics)
             self._logged_finals.update(metrics)
+
+    def log_datasets(self, cfg, data):
+        """The run's training, validation and test data as MLflow dataset inputs (source and fingerprint), once."""
+        if not self.enabled or self._has_datasets:
+            return
+        import mlflow
+
+        from training import mlflow_model
+
+        with self._calls():
+            for dataset, context in mlflow_model.datasets(cfg, data):
+                mlflow.log_input(dataset, context=context)
+        self._has_datasets = True
+
+    def log_model(self, cfg, task, data, export_dir, metrics: dict) -> dict | None:
+        """The export as the run's MLflow pyfunc model, registered and maybe promoted (training/mlflow_model.py)."""
+        if not self.enabled:
+            return None
+        from training import mlflow_model
+
+        with self._calls():
+            return mlflow_model.log_model(cfg, task, data, export_dir, self.run_id, metrics)
 
     def log_figure(self, figure, name: str):
         """Logs a matplotlib figure as `plots/<name>` and closes it."""

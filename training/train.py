@@ -117,6 +117,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
                               "hardware.strategy": type(strategy).__name__,
                               "hardware.replicas": str(strategy.num_replicas_in_sync), **task.data_tags(data)})
             tracker.log_text(cfg.to_yaml(), "config.yaml")
+            tracker.log_datasets(cfg, data)
 
             try:
                 # A task may add its own per-epoch callbacks (dialogue: generated samples logged to MLflow).
@@ -148,6 +149,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
                 export_dir = export_run(cfg, task, model, data, calibration, state.run_id, history, test_metrics)
                 tracker.log_artifacts(export_dir, "export")
                 tracker.set_tags({"export.path": str(export_dir.resolve())})
+                tracker.log_model(cfg, task, data, export_dir, {**test_metrics, **report_metrics})
         # After MLflow has the run as FINISHED: a kill in between resumes the run, which finds everything done.
         if chief:
             state.save("finished", export_dir)

@@ -133,6 +133,18 @@ def tracking_uri_problem(uri: str) -> Optional[str]:
             "http:, https:, databricks, databricks-uc or uc:")
 
 
+_CONDITION = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+def parse_condition(text: str) -> tuple[str, str, float]:
+    """`'test_accuracy>=0.85'` -> `("test_accuracy", ">=", 0.85)`; ValueError, worded for the config, otherwise."""
+    match = _CONDITION.match(text)
+    if not match:
+        raise ValueError(f"got {short_repr(text)}: expected METRIC OP NUMBER with OP one of >=, >, <=, <, ==, "
+                         "e.g. 'test_accuracy>=0.85'")
+    return match.group(1), match.group(2), float(match.group(3))
+
+
 class Tracking(Section):
     """Where the run is recorded."""
 
@@ -142,6 +154,28 @@ class Tracking(Section):
     experiment: str = Field("reelml", min_length=1, description="MLflow experiment name.")
     run_name: Optional[str] = Field(None, description="MLflow run name; unset: the config's `name`.")
     enabled: bool = Field(True, description="Track the run in MLflow (turn off for throwaway runs).")
+    register_model: bool = Field(
+        True, description="Register the run's MLflow model (its export, logged as `model`) under the config's `name`, so "
+        "`models:/NAME@ALIAS` finds it (`reelml promote`, `reelml predict`, `mlflow models serve`)."
+    )
+    promote_if: Optional[str] = Field(
+        None, description="Point the alias `champion` at the new version when this holds on the run's final metrics, e.g. "
+        "`test_accuracy>=0.85` (METRIC OP NUMBER, OP one of >=, >, <=, <, ==); unset: promote by hand (`reelml promote`)."
+    )
+
+    @field_validator("promote_if")
+    @classmethod
+    def _a_condition(cls, text):
+        if text is not None:
+            parse_condition(text)
+        return text
+
+    @model_validator(mode="after")
+    def _promote_needs_registry(self):
+        if self.promote_if is not None and not self.register_model:
+            raise ValueError("key `tracking.promote_if` needs `tracking.register_model: true` (only a registered version "
+                             "can be promoted)")
+        return self
 
     @field_validator("uri")
     @classmethod

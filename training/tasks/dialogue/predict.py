@@ -78,7 +78,7 @@ def predict(loaded, metadata, report, *, inputs, prompt, next, k, max_tokens, te
     if next:
         if k < 1:
             raise UserError(f"-k {k}: expected at least 1 next token")
-        out = loaded.signatures["next_token"](text=tf.stack(prompts), k=tf.constant(min(k, 2**31 - 1), tf.int32))
+        out = loaded.signatures["next_token"](text=tf.stack(prompts), k=tf.fill([len(prompts)], min(k, 2**31 - 1)))
         for row, text in enumerate(shown):
             _warn_unknown(text, int(out["unknown_tokens"].numpy()[row]))
             for rank, (token, p) in enumerate(zip(out["token"].numpy()[row], out["probability"].numpy()[row]), 1):
@@ -104,10 +104,11 @@ def predict(loaded, metadata, report, *, inputs, prompt, next, k, max_tokens, te
     if seed is None:
         seed = int(np.random.default_rng().integers(0, 2**31))
         print(f"seed {seed} (pass --seed {seed} to get this text again)", file=sys.stderr)
+    rows = [len(prompts)]  # every input is per row: the same values for each prompt
     out = loaded.signatures["generate"](
-        prompt=tf.stack(prompts), max_tokens=tf.constant(min(max_tokens, 2**31 - 1), tf.int32),
-        temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(min(top_k, 2**31 - 1), tf.int32),
-        seed=tf.constant(seed, tf.int64),
+        prompt=tf.stack(prompts), max_tokens=tf.fill(rows, tf.constant(min(max_tokens, 2**31 - 1), tf.int32)),
+        temperature=tf.fill(rows, tf.constant(temperature, tf.float32)),
+        top_k=tf.fill(rows, tf.constant(min(top_k, 2**31 - 1), tf.int32)), seed=tf.fill(rows, tf.constant(seed, tf.int64)),
     )
     for row, text in enumerate(shown):
         _warn_unknown(text, int(out["unknown_tokens"].numpy()[row]))

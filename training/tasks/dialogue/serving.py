@@ -1,7 +1,9 @@
 """The export: strings in, strings out, with the model, the vocabulary and the sampling loop inside the graph.
 
 Signatures: `generate(prompt, max_tokens, temperature, top_k, seed)` (also
-`serving_default`) and `next_token(text, k)`; `export_metadata` records what
+`serving_default`) and `next_token(text, k)`, every input one value per row
+`[B]` (so TF Serving's row format `{"instances": [...]}` takes them; one value
+is also read as the same for every row); `export_metadata` records what
 `reelml predict` needs to know (tokens, defaults and limits of generation).
 """
 
@@ -67,52 +69,123 @@ class Generator(keras.layers.Layer):
         return next_logits(self.model, output), states, unknown
 
     def next_token(self, text, k):
-        """The k likeliest next tokens of each text and their probabilities (the unknown token left out)."""
+        """The k likeliest next tokens of each text and their probabilities (the unknown token left out).
+
+        `k` is per row (`[B]`, or one value for every row), clamped to [1, vocabulary size - 1]. The outputs are
+        `[B, largest k]`; a row's columns beyond its own k hold the token "" and the probability 0.
+        """
         logits, _, unknown = self._read(text)
+        batch = tf.shape(logits)[0]
+        k = tf.convert_to_tensor(k, tf.int32)
+        width = tf.clip_by_value(tf.reduce_max(k), 1, self.vocab_size - 1)  # one value for no rows still sets it
+        k = tf.clip_by_value(per_row(k, batch, "k"), 1, self.vocab_size - 1)
         probabilities = tf.nn.softmax(logits, axis=-1)
-        ranked = tf.concat([tf.fill([tf.shape(logits)[0], 1], -1.0), probabilities[:, 1:]], axis=1)
-        top = tf.math.top_k(ranked, tf.clip_by_value(k, 1, self.vocab_size - 1))
-        return {"token": self.to_tokens(tf.cast(top.indices, tf.int64)), "probability": top.values,
-                "unknown_tokens": unknown}
+        ranked = tf.concat([tf.fill([batch, 1], -1.0), probabilities[:, 1:]], axis=1)
+        top = tf.math.top_k(ranked, width)
+        inside = tf.range(width)[None, :] < k[:, None]
+        return {"token": tf.where(inside, self.to_tokens(tf.cast(top.indices, tf.int64)), ""),
+                "probability": tf.where(inside, top.values, 0.0), "unknown_tokens": unknown}
 
     def generate(self, prompt, max_tokens, temperature, top_k, seed):
-        """Continues each prompt by `max_tokens` tokens (clamped to [0, max_tokens_limit]), sampled in the graph.
+        """Continues each prompt by its own `max_tokens` tokens (clamped to [0, max_tokens_limit]), sampled in the graph.
 
-        `temperature` 0 takes the likeliest token each step; it is clamped to
-        [0, MAX_TEMPERATURE] (negative and NaN read as 0, +inf as the largest).
-        `top_k` > 0 samples among the k likeliest only. Sampling is stateless:
-        the same seed gives the same text.
+        Every argument after `prompt` is per row (`[B]`, or one value for every row): row i's text depends on row
+        i's values only. The loop runs to the largest `max_tokens` and each row keeps its own count. `temperature`
+        0 takes the likeliest token each step; it is clamped to [0, MAX_TEMPERATURE] (negative and NaN read as 0,
+        +inf as the largest). `top_k` > 0 samples among the k likeliest only. Sampling is stateless and per row:
+        the same seed gives the same text, whatever else is in the batch.
         """
-        temperature = tf.convert_to_tensor(temperature, tf.float32)
-        temperature = tf.where(tf.math.is_nan(temperature), 0.0, tf.clip_by_value(temperature, 0.0, MAX_TEMPERATURE))
         logits, states, unknown = self._read(prompt)
-        steps = tf.clip_by_value(max_tokens, 0, self.max_tokens_limit)
         batch = tf.shape(prompt)[0]
+        temperature = per_row(tf.convert_to_tensor(temperature, tf.float32), batch, "temperature")
+        temperature = tf.where(tf.math.is_nan(temperature), 0.0, tf.clip_by_value(temperature, 0.0, MAX_TEMPERATURE))
+        steps = tf.clip_by_value(per_row(tf.convert_to_tensor(max_tokens, tf.int32), batch, "max_tokens"), 0,
+                                 self.max_tokens_limit)
+        longest = tf.maximum(tf.reduce_max(steps), 0)  # no rows: 0
+        k = tf.clip_by_value(per_row(tf.convert_to_tensor(top_k, tf.int32), batch, "top_k"), 0, self.vocab_size)
+        widest = tf.maximum(tf.reduce_max(k), 1)
+        any_top_k, any_sampled = tf.reduce_any(k > 0), tf.reduce_any(temperature > 0)
+        row_keys = _row_keys(per_row(tf.cast(seed, tf.int64), batch, "seed"))
+        token_keys = _mix32(_xor(tf.range(self.vocab_size, dtype=tf.int64), 0x2545F491))
+        step_keys = _mix32(_mix32(_xor(tf.range(longest, dtype=tf.int64), 0x1B56C4E9)))  # hashed once, not per step
         not_unknown = tf.concat([[_NEG], tf.zeros([self.vocab_size - 1])], axis=0)
-        seed = tf.cast(seed, tf.int64)
-        k = tf.clip_by_value(top_k, 0, self.vocab_size)
 
         def pick(i, logits):
             logits = logits + not_unknown
-            scaled = logits / tf.maximum(temperature, 1e-6)
-            scaled = tf.cond(
-                k > 0, lambda: tf.where(scaled < tf.math.top_k(scaled, tf.maximum(k, 1)).values[:, -1:], _NEG, scaled),
-                lambda: scaled,
-            )
-            sampled = tf.random.stateless_categorical(scaled, 1, tf.stack([seed, tf.cast(i, tf.int64)]), dtype=tf.int32)[:, 0]
-            return tf.where(temperature > 0, sampled, tf.argmax(logits, axis=-1, output_type=tf.int32))
+            scaled = logits / tf.maximum(temperature, 1e-6)[:, None]
+            def only_top_k():
+                kth = tf.gather(tf.math.top_k(scaled, widest).values, tf.maximum(k, 1) - 1, batch_dims=1)
+                return tf.where((k > 0)[:, None] & (scaled < kth[:, None]), _NEG, scaled)
+
+            def sample():
+                masked = tf.cond(any_top_k, only_top_k, lambda: scaled)
+                noise = _gumbel(_xor(row_keys, step_keys[i]), token_keys)
+                return tf.argmax(masked + noise, axis=-1, output_type=tf.int32)
+
+            greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            # (the conds skip work no row needs: they change no row's result)
+            return tf.cond(any_sampled, lambda: tf.where(temperature > 0, sample(), greedy), lambda: greedy)
 
         def body(i, logits, states, out):
             token = pick(i, logits)
             output, states = advance(self.model, token, states)
             return i + 1, next_logits(self.model, output), states, out.write(i, token)
 
-        out = tf.TensorArray(tf.int32, size=steps, element_shape=tf.TensorShape([None]))
-        _, _, _, out = tf.while_loop(lambda i, *_: i < steps, body, (tf.constant(0), logits, states, out))
+        out = tf.TensorArray(tf.int32, size=longest, element_shape=tf.TensorShape([None]))
+        _, _, _, out = tf.while_loop(lambda i, *_: i < longest, body, (tf.constant(0), logits, states, out))
         # (stacking an empty TensorArray of unknown element shape fails: no tokens is its own case)
-        ids = tf.cond(steps > 0, lambda: tf.transpose(out.stack()), lambda: tf.zeros([batch, 0], tf.int32))
-        text = detokenize(self.to_tokens(tf.cast(ids, tf.int64)), self.level)
-        return {"text": text, "num_tokens": tf.fill([batch], steps), "unknown_tokens": unknown}
+        ids = tf.cond(longest > 0, lambda: tf.transpose(out.stack()), lambda: tf.zeros([batch, 0], tf.int32))
+        tokens = tf.RaggedTensor.from_tensor(self.to_tokens(tf.cast(ids, tf.int64)), lengths=steps)  # each row's own
+        return {"text": detokenize(tokens, self.level), "num_tokens": steps, "unknown_tokens": unknown}
+
+
+def per_row(value, batch, name):
+    """`value` (`[B]`, or `[1]`/scalar: the same for every row) as one value per row `[B]`; another length fails,
+    naming the input."""
+    value = tf.reshape(value, [-1])
+    n = tf.size(value)
+    check = tf.debugging.Assert(tf.logical_or(tf.equal(n, 1), tf.equal(n, batch)),
+                                [f"`{name}`: expected one value per row (or one for every row); got", n, "values for",
+                                 batch, "rows"])
+    with tf.control_dependencies([check]):
+        return tf.broadcast_to(value, [batch])
+
+
+# Sampling draws its noise from a counter-based hash of (row's seed, step, token), one 32-bit hash of the three keys
+# xor-ed (each key itself hashed once, outside the loop): each row's draws depend on its own seed only (tf.random's stateless ops take one seed per call, for the whole batch). Integers stay below 2**49 in
+# int64, so no operation overflows and every device gives the same bits.
+_LOW32 = 0xFFFFFFFF
+
+
+_and, _xor, _shift = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor, tf.bitwise.right_shift
+
+
+def _mul32(x, c):
+    """`(x * c) mod 2**32` for int64 `x` in [0, 2**32) and a constant `c` < 2**32, without overflow."""
+    return _and(x * (c & 0xFFFF) + _and(x * (c >> 16), 0xFFFF) * 65536, _LOW32)
+
+
+def _mix32(x):
+    """A 32-bit integer hash (lowbias32, from Chris Wellons' hash-prospector) of int64 `x` in [0, 2**32)."""
+    x = _xor(x, _shift(x, 16))
+    x = _mul32(x, 0x7FEB352D)
+    x = _xor(x, _shift(x, 15))
+    x = _mul32(x, 0x846CA68B)
+    return _xor(x, _shift(x, 16))
+
+
+def _row_keys(seed):
+    """int64 seeds `[B]` -> 32-bit keys `[B]` (both halves of each seed mixed in)."""
+    high = _and(_shift(seed, tf.constant(32, tf.int64)), _LOW32)
+    return _mix32(_xor(_mix32(_xor(high, 0x68E31DA4)), _and(seed, _LOW32)))
+
+
+def _gumbel(keys, token_keys):
+    """Gumbel noise `[B, V]` for one step (`keys`: each row's key for this step): adding it to logits and taking
+    the argmax samples their softmax."""
+    bits = _mix32(_xor(keys[:, None], token_keys[None, :]))
+    uniform = (tf.cast(_shift(bits, 8), tf.float32) + 0.5) / 2.0**24  # 24 bits: exact in float32, inside (0, 1)
+    return -tf.math.log(-tf.math.log(uniform))
 
 
 def make_generator(cfg, model, data: Data) -> Generator:
@@ -137,21 +210,23 @@ def serving_endpoints(cfg, model, data: Data):
     text = tf.TensorSpec([None], tf.string, name="text")
     return served, {
         "generate": (served.generate, [tf.TensorSpec([None], tf.string, name="prompt"),
-                                       tf.TensorSpec([], tf.int32, name="max_tokens"),
-                                       tf.TensorSpec([], tf.float32, name="temperature"),
-                                       tf.TensorSpec([], tf.int32, name="top_k"),
-                                       tf.TensorSpec([], tf.int64, name="seed")]),
-        "next_token": (served.next_token, [text, tf.TensorSpec([], tf.int32, name="k")]),
+                                       tf.TensorSpec([None], tf.int32, name="max_tokens"),
+                                       tf.TensorSpec([None], tf.float32, name="temperature"),
+                                       tf.TensorSpec([None], tf.int32, name="top_k"),
+                                       tf.TensorSpec([None], tf.int64, name="seed")]),
+        "next_token": (served.next_token, [text, tf.TensorSpec([None], tf.int32, name="k")]),
     }
 
 
 def verification_inputs(cfg, data: Data):
     """Prompts as each signature takes them: configured ones, an empty one and one of unknown characters."""
     prompts = [p.encode("utf-8") for p in cfg.samples.prompts[:2]] + [b"", "\u2603\u00e9\u4e2d".encode("utf-8")]
+    n = len(prompts)  # every input per row (TF Serving's row format needs it); rows differ, to check they stay apart
     return {
-        "generate": {"prompt": prompts, "max_tokens": np.int32(40), "temperature": np.float32(0.8),
-                     "top_k": np.int32(0), "seed": np.int64(7)},
-        "next_token": {"text": prompts, "k": np.int32(5)},
+        "generate": {"prompt": prompts, "max_tokens": np.array([40, 12, 40, 0][:n], np.int32),
+                     "temperature": np.array([0.8, 0.0, 1.2, 0.8][:n], np.float32), "top_k": np.array([0, 0, 5, 0][:n], np.int32),
+                     "seed": np.array([7, 7, 8, 9][:n], np.int64)},
+        "next_token": {"text": prompts, "k": np.array([5, 3, 5, 1][:n], np.int32)},
     }
 
 

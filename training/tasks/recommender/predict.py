@@ -97,10 +97,11 @@ def predict(loaded, metadata, report, *, inputs, user, users_file, similar_to, k
         raise UserError("give --user USER_ID, --users-file FILE or --similar-to ITEM_ID")
     if k < 1:
         raise UserError(f"-k {k}: expected at least 1")
-    per_row = tf.constant(min(k, 2**31 - 1), tf.int32)  # the export returns at most the whole catalogue
+    k = min(k, 2**31 - 1)  # the export returns at most the whole catalogue
     for start in range(0, len(users), batch_size):
         chunk = users[start:start + batch_size]
-        out = loaded.signatures["recommend"](user_id=tf.constant([_id_bytes(u) for u in chunk]), k=per_row)
+        out = loaded.signatures["recommend"](user_id=tf.constant([_id_bytes(u) for u in chunk]),
+                                             k=tf.fill([len(chunk)], k))  # k per row
         ids, titles, scores = out["item_id"].numpy(), out["title"].numpy(), out["score"].numpy()
         for row, one in enumerate(chunk):
             known = bool(out["known_user"].numpy()[row])
@@ -112,7 +113,8 @@ def predict(loaded, metadata, report, *, inputs, user, users_file, similar_to, k
                            "score": round(float(score), 6), "known_user": known}
     for start in range(0, len(similar), batch_size):
         chunk = similar[start:start + batch_size]
-        out = loaded.signatures["similar_items"](item_id=tf.constant([_id_bytes(i) for i in chunk]), k=per_row)
+        out = loaded.signatures["similar_items"](item_id=tf.constant([_id_bytes(i) for i in chunk]),
+                                                 k=tf.fill([len(chunk)], k))
         ids, titles, sims = out["item_id"].numpy(), out["title"].numpy(), out["similarity"].numpy()
         for row, query in enumerate(chunk):
             if not bool(out["known_item"].numpy()[row]):

@@ -1,7 +1,8 @@
 """The export: the `Recommender` layer on raw string IDs, its signatures `recommend`, `score`, `similar_items`, and its checks.
 
 Unknown users get the most popular items (`popularity`); unknown items score 0
-and have no similar items. The export needs nothing of reelml to load.
+and have no similar items. Every input is one value per row `[B]` (TF
+Serving's row format needs it), `k` included. The export needs nothing of reelml to load.
 """
 
 from __future__ import annotations
@@ -54,9 +55,17 @@ class Recommender(keras.layers.Layer):
         return tf.where(valid, ids, ""), tf.where(valid, titles, "")
 
     def recommend(self, user_id, k):
-        """Top-k unseen items per user; unknown users get the most popular items."""
+        """Top-k unseen items per user; unknown users get the most popular items.
+
+        `k` is per row (`[B]`, or one value for every row; below 0: none). The outputs are `[B, largest k]` (at
+        most the catalogue); a row's columns beyond its own k, or beyond the items it has not seen, hold the item
+        ID "", the title "" and the score 0.
+        """
         users, known = self._users(user_id)
         n = tf.shape(users)[0]
+        k = tf.convert_to_tensor(k, tf.int32)
+        width = tf.clip_by_value(tf.reduce_max(k), 0, self.num_items)  # one value for no rows still sets it
+        k = per_row(k, n, "k")
         catalogue = tf.tile(tf.range(self.num_items, dtype=tf.int32)[None], [n, 1])
         scores = tf.cast(self.model({"user": users, "item": catalogue}, training=False), tf.float32)
         scores = tf.where(known[:, None], scores, self.popularity[None, :])
@@ -65,8 +74,8 @@ class Recommender(keras.layers.Layer):
         hits = tf.boolean_mask(tf.stack([rows, seen.values], axis=1), tf.gather(known, rows))  # unknown users saw nothing
         mask = tf.scatter_nd(hits, tf.ones([tf.shape(hits)[0]], tf.bool), [tf.cast(n, tf.int64), self.num_items])
         scores = tf.where(mask, -np.inf, scores)
-        top = tf.math.top_k(scores, tf.clip_by_value(k, 0, self.num_items))  # k < 0: none
-        valid = top.values > -np.inf
+        top = tf.math.top_k(scores, width)
+        valid = (top.values > -np.inf) & (tf.range(width)[None, :] < k[:, None])
         ids, titles = self._named(top.indices, valid)
         return {"item_id": ids, "title": titles, "score": tf.where(valid, top.values, 0.0), "known_user": known}
 
@@ -79,16 +88,34 @@ class Recommender(keras.layers.Layer):
         return {"score": tf.where(known_item, scores, 0.0), "known_user": known_user, "known_item": known_item}
 
     def similar_items(self, item_id, k):
-        """The k items whose learned embeddings are closest in cosine similarity (the item itself excluded)."""
+        """The k items whose learned embeddings are closest in cosine similarity (the item itself excluded).
+
+        `k` is per row as in `recommend`; padding columns hold "" and the similarity 0.
+        """
         items, known = self._items(item_id)
+        k = tf.convert_to_tensor(k, tf.int32)
+        width = tf.clip_by_value(tf.reduce_max(k), 0, self.num_items - 1)
+        k = per_row(k, tf.shape(items)[0], "k")
         vectors = tf.cast(item_embeddings(self.model), tf.float32)
         vectors = vectors / (tf.norm(vectors, axis=-1, keepdims=True) + 1e-12)
         sims = tf.matmul(tf.gather(vectors, items), vectors, transpose_b=True)
         sims = tf.where(tf.one_hot(items, self.num_items, on_value=True, off_value=False), -np.inf, sims)
-        top = tf.math.top_k(sims, tf.clip_by_value(k, 0, self.num_items - 1))
-        valid = (top.values > -np.inf) & known[:, None]
+        top = tf.math.top_k(sims, width)
+        valid = (top.values > -np.inf) & known[:, None] & (tf.range(width)[None, :] < k[:, None])
         ids, titles = self._named(top.indices, valid)
         return {"item_id": ids, "title": titles, "similarity": tf.where(valid, top.values, 0.0), "known_item": known}
+
+
+def per_row(value, batch, name):
+    """`value` (`[B]`, or `[1]`/scalar: the same for every row) as one value per row `[B]`; another length fails,
+    naming the input."""
+    value = tf.reshape(value, [-1])
+    n = tf.size(value)
+    check = tf.debugging.Assert(tf.logical_or(tf.equal(n, 1), tf.equal(n, batch)),
+                                [f"`{name}`: expected one value per row (or one for every row); got", n, "values for",
+                                 batch, "rows"])
+    with tf.control_dependencies([check]):
+        return tf.broadcast_to(value, [batch])
 
 
 def popularity(split: Split, train_only=False) -> np.ndarray:
@@ -112,7 +139,7 @@ def serving_endpoints(cfg, model, data):
     """
     served = Recommender(model, data.split, data.titles, popularity(data.split))
     ids = tf.TensorSpec([None], tf.string, name="user_id")
-    k = tf.TensorSpec([], tf.int32, name="k")
+    k = tf.TensorSpec([None], tf.int32, name="k")  # per row: TF Serving's row format needs it
     items = tf.TensorSpec([None], tf.string, name="item_id")
     return served, {
         "recommend": (served.recommend, [ids, k]),
@@ -127,9 +154,9 @@ def verification_inputs(cfg, data):
     users = [s.user_ids[i].encode() for i in range(min(3, s.num_users))] + [b"\x00no such user"]
     items = [s.item_ids[i].encode() for i in range(min(3, s.num_items))] + [b"\x00no such item"]
     return {
-        "recommend": {"user_id": users, "k": np.int32(10)},
+        "recommend": {"user_id": users, "k": np.array([10, 3, 10, 5][:len(users)], np.int32)},  # k per row
         "score": {"user_id": users, "item_id": items},
-        "similar_items": {"item_id": items, "k": np.int32(5)},
+        "similar_items": {"item_id": items, "k": np.array([5, 2, 5, 5][:len(items)], np.int32)},
     }
 
 
