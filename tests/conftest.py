@@ -125,3 +125,17 @@ def mlflow_server(tmp_path):
         yield f"http://127.0.0.1:{port}", tmp_path / "artifacts"
     finally:
         stop_mlflow_server(proc)
+
+
+def train_export(workdir: Path, config: str, overrides=()) -> Path:
+    """Trains `configs/smoke/<config>` in `workdir` without tracking; returns its export folder (`exports/<name>/1`)."""
+    from training.config import load_config
+    from training.train import train
+
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        result = train(load_config(CONFIGS / "smoke" / config, ["tracking.enabled=false", *overrides]))
+    finally:
+        os.chdir(cwd)
+    return workdir / result.export_dir

@@ -8,7 +8,6 @@ Each smoke export is trained once for the module and copied before it is damaged
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import types
 from pathlib import Path
@@ -25,49 +24,38 @@ from training.tasks.autoencoder.data import load_data as load_autoencoder_data
 from training.tasks.autoencoder.tables import read_table
 from training.tasks.frames.data import load_data as load_frames_data
 from training.tasks.recommender.readers import read_interactions
-from training.train import train
 
-from conftest import CONFIGS, REPO, run_cli, write_jpeg_folders
+from conftest import CONFIGS, REPO, run_cli, write_jpeg_folders, train_export
 
 SMOKE = CONFIGS / "smoke"
 DATA = "variables/variables.data-00000-of-00001"
 
 
-def _train_in(workdir: Path, config: str, overrides=()):
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        result = train(load_config(SMOKE / config, ["tracking.enabled=false", *overrides]))
-    finally:
-        os.chdir(cwd)
-    return workdir / result.export_dir  # exports/<name>/1
-
-
 @pytest.fixture(scope="module")
 def frames_export(sample_frames, tmp_path_factory):
-    return _train_in(tmp_path_factory.mktemp("bad-frames"), "frames.yaml", [f"data.sample_dir={sample_frames.parent}"])
+    return train_export(tmp_path_factory.mktemp("bad-frames"), "frames.yaml", [f"data.sample_dir={sample_frames.parent}"])
 
 
 @pytest.fixture(scope="module")
 def ae_export(sample_frames, tmp_path_factory):
-    return _train_in(tmp_path_factory.mktemp("bad-ae"), "autoencoder.yaml", [f"data.sample_dir={sample_frames.parent}"])
+    return train_export(tmp_path_factory.mktemp("bad-ae"), "autoencoder.yaml", [f"data.sample_dir={sample_frames.parent}"])
 
 
 @pytest.fixture(scope="module")
 def table_export(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bad-table")
-    return _train_in(workdir, "autoencoder_dense.yaml", [f"data.sample_table_dir={workdir / 'features'}"])
+    return train_export(workdir, "autoencoder_dense.yaml", [f"data.sample_table_dir={workdir / 'features'}"])
 
 
 @pytest.fixture(scope="module")
 def dialogue_export(tmp_path_factory):
-    return _train_in(tmp_path_factory.mktemp("bad-dialogue"), "dialogue.yaml")
+    return train_export(tmp_path_factory.mktemp("bad-dialogue"), "dialogue.yaml")
 
 
 @pytest.fixture(scope="module")
 def rec_export(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bad-rec")
-    return _train_in(workdir, "recommender.yaml", [f"data.sample_dir={workdir / 'views'}"])
+    return train_export(workdir, "recommender.yaml", [f"data.sample_dir={workdir / 'views'}"])
 
 
 @pytest.fixture(scope="module")

@@ -10,35 +10,22 @@ same bodies to a real `tensorflow_model_server` when one is installed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from training.config import load_config
-from training.train import train
 
-from conftest import CONFIGS, free_port
+from conftest import CONFIGS, free_port, train_export
 from tf_serving_rest import SessionModel, b64, rows_to_columns, to_json
 
 SMOKE = CONFIGS / "smoke"
-
-
-def _train_in(workdir: Path, config: str, overrides=()):
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        result = train(load_config(SMOKE / config, ["tracking.enabled=false", *overrides]))
-    finally:
-        os.chdir(cwd)
-    return workdir / result.export_dir  # exports/<name>/1
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +34,10 @@ def exports(sample_frames, tmp_path_factory):
     frames = sample_frames.parent
     rec = tmp_path_factory.mktemp("serving-rec")
     return {
-        "frames": _train_in(tmp_path_factory.mktemp("serving-frames"), "frames.yaml", [f"data.sample_dir={frames}"]),
-        "autoencoder": _train_in(tmp_path_factory.mktemp("serving-ae"), "autoencoder.yaml", [f"data.sample_dir={frames}"]),
-        "dialogue": _train_in(tmp_path_factory.mktemp("serving-dialogue"), "dialogue.yaml"),
-        "recommender": _train_in(rec, "recommender.yaml", [f"data.sample_dir={rec / 'views'}"]),
+        "frames": train_export(tmp_path_factory.mktemp("serving-frames"), "frames.yaml", [f"data.sample_dir={frames}"]),
+        "autoencoder": train_export(tmp_path_factory.mktemp("serving-ae"), "autoencoder.yaml", [f"data.sample_dir={frames}"]),
+        "dialogue": train_export(tmp_path_factory.mktemp("serving-dialogue"), "dialogue.yaml"),
+        "recommender": train_export(rec, "recommender.yaml", [f"data.sample_dir={rec / 'views'}"]),
     }
 
 

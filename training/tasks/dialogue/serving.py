@@ -16,6 +16,7 @@ import tensorflow as tf
 from models.dialogue_rnn import advance, initial_states, next_logits
 from training.tasks.dialogue.data import Data
 from training.tasks.dialogue.tokens import UNKNOWN, detokenize, tokenize
+from training.tasks.signatures import per_row
 
 START = "\n"  # read before every prompt: speeches start on a new line
 _NEG = -1e9  # masks a logit (finite: softmax and sampling stay NaN-free)
@@ -137,18 +138,6 @@ class Generator(keras.layers.Layer):
         ids = tf.cond(longest > 0, lambda: tf.transpose(out.stack()), lambda: tf.zeros([batch, 0], tf.int32))
         tokens = tf.RaggedTensor.from_tensor(self.to_tokens(tf.cast(ids, tf.int64)), lengths=steps)  # each row's own
         return {"text": detokenize(tokens, self.level), "num_tokens": steps, "unknown_tokens": unknown}
-
-
-def per_row(value, batch, name):
-    """`value` (`[B]`, or `[1]`/scalar: the same for every row) as one value per row `[B]`; another length fails,
-    naming the input."""
-    value = tf.reshape(value, [-1])
-    n = tf.size(value)
-    check = tf.debugging.Assert(tf.logical_or(tf.equal(n, 1), tf.equal(n, batch)),
-                                [f"`{name}`: expected one value per row (or one for every row); got", n, "values for",
-                                 batch, "rows"])
-    with tf.control_dependencies([check]):
-        return tf.broadcast_to(value, [batch])
 
 
 # Sampling draws its noise from a counter-based hash of (row's seed, step, token), one 32-bit hash of the three keys

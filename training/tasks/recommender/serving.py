@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from models.ncf import item_embeddings
 from training.tasks.recommender.split import Split
+from training.tasks.signatures import per_row
 
 
 class Recommender(keras.layers.Layer):
@@ -104,18 +105,6 @@ class Recommender(keras.layers.Layer):
         valid = (top.values > -np.inf) & known[:, None] & (tf.range(width)[None, :] < k[:, None])
         ids, titles = self._named(top.indices, valid)
         return {"item_id": ids, "title": titles, "similarity": tf.where(valid, top.values, 0.0), "known_item": known}
-
-
-def per_row(value, batch, name):
-    """`value` (`[B]`, or `[1]`/scalar: the same for every row) as one value per row `[B]`; another length fails,
-    naming the input."""
-    value = tf.reshape(value, [-1])
-    n = tf.size(value)
-    check = tf.debugging.Assert(tf.logical_or(tf.equal(n, 1), tf.equal(n, batch)),
-                                [f"`{name}`: expected one value per row (or one for every row); got", n, "values for",
-                                 batch, "rows"])
-    with tf.control_dependencies([check]):
-        return tf.broadcast_to(value, [batch])
 
 
 def popularity(split: Split, train_only=False) -> np.ndarray:
