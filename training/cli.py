@@ -152,7 +152,8 @@ def _print_summary(cfg, result):
     for k, v in result.test_metrics.items():
         print(f"{k}: {v:.4f}")
     if result.run_id:
-        print(f"MLflow run: {result.run_id} in {result.tracking_uri} (browse: mlflow ui --backend-store-uri {result.tracking_uri})")
+        print(f"MLflow run: {result.run_id} in {result.tracking_uri}")
+        print(f"  browse: {result.run_page}")
     print(f"Run folder: {result.run_dir} (checkpoints, TensorBoard logs, resolved config)")
     if result.export_dir:
         export_dir = Path(result.export_dir)

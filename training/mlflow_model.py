@@ -3,7 +3,7 @@
 After a run exports, `log_model` logs the export as an MLflow pyfunc model at the run's `model`
 (code: `training/mlflow_pyfunc.py`, which needs MLflow and TensorFlow only; the SavedModel is its
 artifact), registers it under the config's `name` and tags the version with the export folder and the
-test metrics. `tracking.promote_if` then sets the alias `champion` when its condition holds.
+held-out metrics (test, and the task report's). `tracking.promote_if` then sets the alias `champion` when its condition holds.
 `reelml promote` sets an alias by hand; `resolve_model_uri` turns `models:/NAME@ALIAS` into a local
 export folder for `reelml predict`.
 """
@@ -178,7 +178,7 @@ def _register(name: str, model_uri: str, run_id: str, export_dir: Path, metrics:
         version = str(mlflow.register_model(model_uri, name).version)
     tags = {"reelml.export_version": export_dir.name, "reelml.export_path": str(export_dir.resolve()),
             "reelml.run_id": run_id}
-    tags.update({k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_")})
+    tags.update({k: f"{v:.6g}" for k, v in metrics.items()})  # held-out metrics: test, and the report's (validation)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return version

@@ -94,6 +94,7 @@ class Tracker:
         self.enabled = enabled and cfg.tracking.enabled
         self.cfg = cfg
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.uri = resolve_uri(cfg.tracking.uri)
         self._logged_epochs: set[int] = set()
         self._logged_finals: set[str] = set()
@@ -161,7 +162,7 @@ class Tracker:
                 run_id = found[0].info.run_id if found else None
             tags = {"reelml.attempt": attempt} if attempt and run_id is None else None
             run = mlflow.start_run(run_id=run_id, run_name=self.cfg.tracking.run_name or self.cfg.name, tags=tags)
-            self.run_id = run.info.run_id
+            self.run_id, self.experiment_id = run.info.run_id, experiment.experiment_id
             if on_start is not None:
                 on_start(self.run_id)
             if not run.data.params:  # new, or killed before its params were logged
@@ -175,6 +176,18 @@ class Tracker:
                 self._logged_finals = set(run.data.metrics)  # start_run fetched the run: no second request
                 self._has_datasets = bool(run.inputs and run.inputs.dataset_inputs)
         return self.run_id
+
+    def run_page(self) -> str | None:
+        """Where the run is in MLflow's UI: a link for a server, `mlflow ui` and the page for a local store.
+
+        `workflowType=machine_learning` opens MLflow 3's model-training view (runs, models, datasets); without it
+        the UI opens its GenAI view, whatever the experiment's kind."""
+        if not self.enabled or self.run_id is None:
+            return None
+        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/{page}"
+        return f"mlflow ui --backend-store-uri {self.uri}, then http://127.0.0.1:5000/{page}"
 
     def set_tags(self, tags: dict):
         if self.enabled:

@@ -25,6 +25,7 @@ class TrainResult:
     export_dir: Path | None
     history: list
     test_metrics: dict  # the test metrics and those of the task's report (e.g. the TopPop baseline)
+    run_page: str | None = None  # where MLflow's UI shows the run
 
 
 @dataclasses.dataclass
@@ -154,7 +155,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
         if chief:
             state.save("finished", export_dir)
     return TrainResult(state.run_id, tracker.uri if tracker.enabled else None, run_dir, export_dir, history,
-                       {**test_metrics, **report_metrics})
+                       {**test_metrics, **report_metrics}, tracker.run_page())
 
 
 def export_run(cfg, task, model, data, calibration, run_id, history=(), test_metrics=None) -> Path:
