@@ -39,6 +39,19 @@ def sample_frames(tmp_path_factory):
     return ensure_sample_frames(tmp_path_factory.mktemp("sample"), train_per_class=24, test_per_class=6, size=48)
 
 
+@pytest.fixture(scope="session")
+def frames_export(sample_frames, tmp_path_factory):
+    """A frames smoke export, trained once, for the tests that only read it (copy it before damaging it)."""
+    return train_export(tmp_path_factory.mktemp("frames-export"), "frames.yaml", [f"data.sample_dir={sample_frames.parent}"])
+
+
+@pytest.fixture(scope="session")
+def autoencoder_export(sample_frames, tmp_path_factory):
+    """An autoencoder smoke export (frames), trained once, for the tests that only read it."""
+    return train_export(tmp_path_factory.mktemp("autoencoder-export"), "autoencoder.yaml",
+                        [f"data.sample_dir={sample_frames.parent}"])
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Runs the test in an empty working directory (runs/, exports/, mlflow.db land there)."""
@@ -111,20 +124,15 @@ def stop_mlflow_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """(URI, artifact folder) of a real `mlflow server` on 127.0.0.1, stopped after the test."""
+def serve_mlflow(root: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free port of 127.0.0.1, its store under `root`; returns (process, URI)."""
     for attempt in range(3):  # a free port can be taken by another process before the server binds it
         try:
-            proc = start_mlflow_server(tmp_path, port := free_port())
-            break
+            proc = start_mlflow_server(root, port := free_port())
+            return proc, f"http://127.0.0.1:{port}"
         except RuntimeError:
             if attempt == 2:
                 raise
-    try:
-        yield f"http://127.0.0.1:{port}", tmp_path / "artifacts"
-    finally:
-        stop_mlflow_server(proc)
 
 
 def train_export(workdir: Path, config: str, overrides=()) -> Path:

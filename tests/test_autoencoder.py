@@ -258,7 +258,8 @@ def test_predict_embeds_frames_and_video_and_lists_anomalies(frames_run, sample_
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     n_images = len(list(folder.glob("*.jpg")))
-    assert len(rows) == n_images + 2 and [r["timecode"] for r in rows[-2:]] == ["00:00:00.000", "00:00:01.000"]
+    assert len(rows) == n_images + 2 and [r["timecode"] for r in rows[-2:]] == ["00:00:00:00", "00:00:01:00"]
+    assert [r["seconds"] for r in rows[-2:]] == ["0.0", "1.0"]
     embedded = pd.read_parquet(tmp_path / "e.parquet")
     assert list(embedded["source"]) == [r["source"] for r in rows]
     assert [c for c in embedded.columns if c.startswith("e")] == [f"e{j}" for j in range(cfg.model.code_size)]
@@ -313,7 +314,7 @@ def test_predict_cli_end_to_end(frames_run, sample_frames, tmp_path):
                      tmp_path / "flagged.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "input(s) flagged as anomalies" in result.stderr
-    assert (tmp_path / "flagged.csv").read_text().startswith("source,frame,timecode,score,is_anomaly") or \
+    assert (tmp_path / "flagged.csv").read_text().startswith("source,frame,timecode,seconds,score,is_anomaly") or \
         (tmp_path / "flagged.csv").read_text() == ""
 
 

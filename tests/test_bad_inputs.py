@@ -32,16 +32,6 @@ DATA = "variables/variables.data-00000-of-00001"
 
 
 @pytest.fixture(scope="module")
-def frames_export(sample_frames, tmp_path_factory):
-    return train_export(tmp_path_factory.mktemp("bad-frames"), "frames.yaml", [f"data.sample_dir={sample_frames.parent}"])
-
-
-@pytest.fixture(scope="module")
-def ae_export(sample_frames, tmp_path_factory):
-    return train_export(tmp_path_factory.mktemp("bad-ae"), "autoencoder.yaml", [f"data.sample_dir={sample_frames.parent}"])
-
-
-@pytest.fixture(scope="module")
 def table_export(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bad-table")
     return train_export(workdir, "autoencoder_dense.yaml", [f"data.sample_table_dir={workdir / 'features'}"])
@@ -294,9 +284,9 @@ def test_frames_pixels_of_the_wrong_shape_name_the_expected_shape(frames_export)
         loaded.signatures["serving_default"](images=tf.constant([[b"x"]]))
 
 
-def test_autoencoder_signatures_take_an_empty_batch(ae_export, table_export):
-    loaded = tf.saved_model.load(str(ae_export))
-    meta = json.loads((ae_export / "assets.extra" / "reelml.json").read_text())
+def test_autoencoder_signatures_take_an_empty_batch(autoencoder_export, table_export):
+    loaded = tf.saved_model.load(str(autoencoder_export))
+    meta = json.loads((autoencoder_export / "assets.extra" / "reelml.json").read_text())
     size, code = meta["input_shape"][0], meta["code_size"]
     images = tf.constant([], tf.string)
     assert _shapes(loaded.signatures["is_anomaly"](images=images)) == {"is_anomaly": (0,), "score": (0,), "threshold": (0,)}
@@ -438,12 +428,12 @@ def test_corrupt_video_alone_is_an_error_and_among_good_inputs_is_skipped(frames
     assert "1 prediction(s)" in err and "2 input(s) skipped" in err and str(image) in stdout
 
 
-def test_autoencoder_predict_bad_options(ae_export, table_export, image, tmp_path, capsys):
+def test_autoencoder_predict_bad_options(autoencoder_export, table_export, image, tmp_path, capsys):
     cases = [
-        ((ae_export, image, "--embed", tmp_path / "e.txt"), f"--embed `{tmp_path / 'e.txt'}`: expected a .parquet, .npy, .csv"),
-        ((ae_export, image, "--embed", tmp_path / "nowhere" / "e.npy"), f"folder `{tmp_path / 'nowhere'}` does not exist"),
-        ((ae_export, image, "--prompt", "x"), "--prompt: not an option of an autoencoder export"),
-        ((ae_export, image, "--batch-size", "-4"), "--batch-size -4: expected at least 1"),
+        ((autoencoder_export, image, "--embed", tmp_path / "e.txt"), f"--embed `{tmp_path / 'e.txt'}`: expected a .parquet, .npy, .csv"),
+        ((autoencoder_export, image, "--embed", tmp_path / "nowhere" / "e.npy"), f"folder `{tmp_path / 'nowhere'}` does not exist"),
+        ((autoencoder_export, image, "--prompt", "x"), "--prompt: not an option of an autoencoder export"),
+        ((autoencoder_export, image, "--batch-size", "-4"), "--batch-size -4: expected at least 1"),
         ((table_export, tmp_path / "rows.csv", "--every-seconds", "1"), "--every-seconds: this export scores feature rows"),
         ((table_export, tmp_path / "missing.csv"), f"input `{tmp_path / 'missing.csv'}`: file not found"),
     ]

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import CONFIGS, WITHOUT_REELML, free_port, run_cli, start_mlflow_server, stop_mlflow_server
+from conftest import CONFIGS, WITHOUT_REELML, free_port, run_cli, serve_mlflow, stop_mlflow_server
 
 from training.config import load_config
 from training.errors import ConfigError
@@ -36,14 +36,7 @@ def trained(tmp_path_factory, sample_frames):
     from training.mlflow_model import promote
 
     root = tmp_path_factory.mktemp("registry")
-    for attempt in range(3):  # a free port can be taken by another process before the server binds it
-        try:
-            server = start_mlflow_server(root, port := free_port())
-            break
-        except RuntimeError:
-            if attempt == 2:
-                raise
-    uri = f"http://127.0.0.1:{port}"
+    server, uri = serve_mlflow(root)
     data = {FRAMES: sample_frames.parent, AUTOENCODER: sample_frames.parent, RECOMMENDER: root / "sample"}
     results = {}
     before = Path.cwd()

@@ -80,7 +80,8 @@ def test_video_is_sampled_with_timecodes(trained, tmp_path):
     result = run_cli("predict", export_root, video, "--every-seconds", "1", "--top-k", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = _csv(result.stdout)
-    assert [r["timecode"] for r in rows] == ["00:00:00.000", "00:00:01.000", "00:00:02.000"]
+    assert [r["timecode"] for r in rows] == ["00:00:00:00", "00:00:01:00", "00:00:02:00"]  # SMPTE, 10 frames a second
+    assert [r["seconds"] for r in rows] == ["0.0", "1.0", "2.0"]
     assert [int(r["frame"]) for r in rows] == [0, 10, 20]
     assert all(len(r["top_k"].split(";")) == 2 for r in rows)
 

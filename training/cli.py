@@ -49,8 +49,10 @@ def _config_args(p):
 def add_output_arguments(p) -> None:
     """The flags `reelml predict` takes for every task."""
     p.add_argument("-h", "--help", action="store_true", help="show the flags of EXPORT_DIR's task and exit")
-    p.add_argument("--output", "-o", help="write results here (.csv or .jsonl); default: CSV on stdout")
-    p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's extension, else csv)")
+    p.add_argument("--output", "-o", help="write results here (.csv, .jsonl; shots and QC events also .edl, .otio); "
+                   "default: CSV on stdout")
+    p.add_argument("--format", choices=["csv", "jsonl", "edl", "otio"],
+                   help="output format (default: from --output's extension, else csv)")
 
 
 def build_parser() -> argparse.ArgumentParser:

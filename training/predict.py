@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import os
+import threading
 import json
 import logging
 import re
@@ -65,8 +67,14 @@ def _task_options(task, args, rest: list[str], export_dir: Path) -> dict:
     return {k: v for k, v in vars(options).items() if k not in shared}
 
 
+TIMELINE_SUFFIXES = {".edl": "edl", ".otio": "otio"}
+
+
 def _writer(args):
-    fmt = args.format or ("jsonl" if args.output and Path(args.output).suffix in (".jsonl", ".json") else "csv")
+    suffix = Path(args.output).suffix.lower() if args.output else ""
+    fmt = args.format or ("jsonl" if suffix in (".jsonl", ".json") else TIMELINE_SUFFIXES.get(suffix, "csv"))
+    if fmt in ("edl", "otio") and not args.output:
+        raise UserError(f"--format {fmt}: give the file to write with --output (e.g. -o shots.{fmt})")
     if args.output:
         target = Path(args.output)
         if target.is_dir():
@@ -230,27 +238,53 @@ def predict(args, rest: list[str], import_tensorflow) -> int:
         skipped.append(path)
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
+    from training.predict_many import MANY_OPTIONS, predict_many
+
+    if any(options.get(k) for k in MANY_OPTIONS):
+        return predict_many(task, loaded, metadata, options, args, fmt, export_dir)
+    options = {k: v for k, v in options.items() if k not in MANY_OPTIONS}
     rows = task.predict(loaded, metadata, report, **options)
-    out = None  # the output file is opened with the first row: an error before it leaves no file behind
-    count = 0
+    count = write_rows(rows, Path(args.output) if args.output else None, fmt, task, export_dir, skipped)
+    where = f" written to {args.output}" if args.output else ""
+    print(f"{count} {'event' if fmt in ('edl', 'otio') else 'prediction'}(s) from {export_dir}{where}" +
+          (f"; {len(skipped)} input(s) skipped" if skipped else ""), file=sys.stderr)
+    return 0
+
+
+def write_rows(rows, target: Path | None, fmt: str, task, export_dir: Path, skipped: list) -> int:
+    """Writes the rows of a prediction to `target` (None: stdout) as CSV, JSON lines, EDL or OTIO; returns how many.
+
+    A file is written beside its name and renamed into place when complete (opened with the first
+    row: an error before it leaves nothing behind), so a crash or a kill never leaves half a file
+    under the name: a re-run over a list of inputs can trust the files that are there.
+
+    Raises:
+        UserError: no input could be read, the file cannot be written, or EDL/OTIO without shots or events.
+    """
+    if fmt in ("edl", "otio"):
+        return _write_timeline(target, rows, skipped, export_dir, fmt)
+    out, temp, count, writer = None, None, 0, None
 
     def open_output():
+        nonlocal temp
+        if target is None:
+            return sys.stdout
+        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         try:
-            return open(args.output, "w", newline="") if args.output else sys.stdout
+            return open(temp, "w", newline="")
         except OSError as e:
-            raise UserError(f"--output `{args.output}`: cannot be written ({e.strerror or e})") from None
+            raise UserError(f"--output `{target}`: cannot be written ({e.strerror or e})") from None
 
     try:
-        writer = None
         for row in rows:
+            row = {k: v for k, v in row.items() if not k.startswith("_")}  # `_event`: for EDL and OTIO only
             if out is None:
                 out = open_output()
             if fmt == "jsonl":
                 out.write(json.dumps(row) + "\n")
             else:
                 if writer is None:
-                    fields = task.csv_fields(row)
-                    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+                    writer = csv.DictWriter(out, fieldnames=task.csv_fields(row), extrasaction="ignore")
                     writer.writeheader()
                 writer.writerow(row)
             count += 1
@@ -258,8 +292,28 @@ def predict(args, rest: list[str], import_tensorflow) -> int:
             raise UserError(f"none of the {len(skipped)} input(s) could be read (each is named above); nothing predicted")
         if out is None:
             out = open_output()  # no results (e.g. no anomalies): an empty file
-    finally:
-        if args.output and out is not None:
+        if temp is not None:
             out.close()
-    print(f"{count} prediction(s) from {export_dir}" + (f"; {len(skipped)} input(s) skipped" if skipped else ""), file=sys.stderr)
-    return 0
+            os.replace(temp, target)
+            temp = None
+    finally:
+        if temp is not None:  # failed part-way: nothing under the name
+            out.close()
+            Path(temp).unlink(missing_ok=True)
+    return count
+
+
+def _write_timeline(target: Path | None, rows, skipped, export_dir: Path, fmt: str) -> int:
+    """`-o *.edl` / `-o *.otio`: the shots or QC events as one timeline, written once they are all known."""
+    from training.tasks.timeline import write_timeline
+
+    events = []
+    for row in rows:
+        if "_event" not in row:
+            raise UserError(f"--output `{target}`: an {fmt.upper()} holds shots or QC events; "
+                            "add --shots (or --events for an autoencoder export)")
+        events.append(row["_event"])
+    if not events and skipped:
+        raise UserError(f"none of the {len(skipped)} input(s) could be read (each is named above); nothing predicted")
+    write_timeline(target, events, title=f"reelml {export_dir.parent.name} {export_dir.name}")
+    return len(events)

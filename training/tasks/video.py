@@ -2,7 +2,7 @@
 
 Shared by the frames and autoencoder tasks: which inputs a command line names
 (`expand_inputs`), which frames of a video are taken (`video_frames`, with
-`timecode`), the checks of the flags that say so, and the loop that runs an
+SMPTE timecodes from `training.tasks.timecode`), the checks of the flags that say so, and the loop that runs an
 export's signatures over them in batches, skipping unreadable files
 (`frame_outputs`).
 """
@@ -69,13 +69,6 @@ def expand_inputs(inputs, report):
     return images, videos
 
 
-def timecode(seconds: float) -> str:
-    """`HH:MM:SS.mmm` of a time in seconds."""
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{int(hours):02d}:{int(minutes):02d}:{secs:06.3f}"
-
-
 def video_frames(path, every_seconds: float | None, every_frames: int | None):
     """Decodes a video with PyAV and yields its sampled frames.
 
@@ -105,7 +98,7 @@ def video_frames(path, every_seconds: float | None, every_frames: int | None):
                 yield index, seconds, frame.to_ndarray(format="rgb24")
 
 
-def frame_outputs(inputs, report, run_images, run_pixels, *, batch_size, every_seconds, every_frames):
+def frame_outputs(inputs, report, run_images, run_pixels, *, batch_size, every_seconds, every_frames, start_timecode=None):
     """Runs an export over image files, folders and videos in batches of `batch_size`.
 
     The flag values are checked by the caller (`check_batch_size`, `check_sampling`).
@@ -118,10 +111,11 @@ def frame_outputs(inputs, report, run_images, run_pixels, *, batch_size, every_s
         batch_size: inputs per call of `run_images` or `run_pixels`.
         every_seconds: video: sample one frame every this many seconds (None with `every_frames` None: 1.0).
         every_frames: video: sample one frame every this many frames.
+        start_timecode: video: the first frame's timecode (None: the file's timecode tag, else 00:00:00:00).
 
     Yields:
-        `(source, output)` per readable image or sampled frame: `source` holds the file (and the
-        frame index and timecode for videos), `output` each array's row for that input.
+        `(source, output)` per readable image or sampled frame: `source` holds the file (and for videos
+        the frame index, its SMPTE timecode and its time in seconds), `output` each array's row for that input.
     """
     images, videos = expand_inputs(inputs, report)
     batch = batch_size
@@ -151,15 +145,21 @@ def frame_outputs(inputs, report, run_images, run_pixels, *, batch_size, every_s
                 yield from split(outputs, [{"source": str(p)}])
 
     every_seconds = 1.0 if every_seconds is None and every_frames is None else every_seconds
+    from training.tasks.shots import open_clock
+
     for video in videos:
         pending, sources = [], []
         try:
+            clock = open_clock(video, start_timecode)
             for index, seconds, pixels in video_frames(video, every_seconds, every_frames):
                 pending.append(pixels)
-                sources.append({"source": str(video), "frame": index, "timecode": timecode(seconds)})
+                sources.append({"source": str(video), "frame": index, "timecode": clock.timecode(index),
+                                "seconds": round(seconds, 3)})
                 if len(pending) == batch:
                     yield from split(run_pixels(np.stack(pending)), sources)
                     pending, sources = [], []
+        except UserError:
+            raise
         except Exception as e:  # PyAV raises its own error types for damaged or unknown files
             report(video, f"video could not be decoded ({type(e).__name__}: {e})")
         if pending:
@@ -178,3 +178,6 @@ def add_frame_arguments(parser, inputs_help: str) -> None:
     parser.add_argument("--every-seconds", type=float, help="video: sample one frame every this many seconds (default 1.0)")
     parser.add_argument("--every-frames", type=int, help="video: sample one frame every this many frames")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per call of the model")
+    from training.predict_many import add_many_arguments
+
+    add_many_arguments(parser)

@@ -1,9 +1,13 @@
-"""`reelml predict EXPORT INPUT... [--embed FILE] [--anomalies]`: anomaly scores of frames or feature rows.
+"""`reelml predict EXPORT INPUT... [--embed FILE] [--anomalies] [--events] [--shots ...]`: frame QC.
 
 Frames: image files, folders and sampled video frames; feature rows: .csv,
 .parquet or .npy tables with the export's feature columns. One row per input
-(`source, frame, timecode` or `source, row, id`, then `score, is_anomaly`);
-`--embed` also writes every input's embedding to a file.
+(`source, frame, timecode, seconds` or `source, row, id`, then `score, is_anomaly`);
+`--embed` also writes every input's embedding to a file. Videos, as QC operators read them:
+`--events` turns each run of consecutive flagged sampled frames into one event (in and out
+timecodes, the worst score); `--shots` gives one row per shot (the worst score of the frames
+drawn in it, how many were flagged, and the shot's flag). Both write PySceneDetect's scene-list
+columns, and EDL or OTIO with `-o *.edl` / `-o *.otio`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import tensorflow as tf
 
 from training.errors import UserError
 from training.tasks.autoencoder.tables import TABLE_EXTENSIONS, read_table
+from training.tasks.shots import add_shot_arguments, check_shot_options, open_clock, range_row, shot_outputs
+from training.tasks.timeline import SCENE_LIST_COLUMNS
 from training.tasks.video import add_frame_arguments, check_batch_size, check_sampling, frame_outputs
 
 EMBED_EXTENSIONS = (".parquet", ".npy", ".csv")
@@ -27,6 +33,9 @@ def predict_arguments(parser) -> None:
                         "feature-row autoencoders: .csv, .parquet or .npy tables")
     parser.add_argument("--embed", metavar="FILE", help="autoencoder: also write each input's embedding to FILE (.parquet, .npy or .csv)")
     parser.add_argument("--anomalies", action="store_true", help="autoencoder: list only the inputs flagged as anomalies, with their scores")
+    parser.add_argument("--events", action="store_true",
+                        help="video: one row per QC event (a run of consecutive flagged frames), with in/out timecodes")
+    add_shot_arguments(parser)
 
 
 def predict_hint(cfg) -> str:
@@ -39,7 +48,9 @@ def csv_fields(row) -> list[str]:
     """CSV columns of `reelml predict` (images and video frames share them; table rows have their own)."""
     if "row" in row:
         return ["source", "row", "id", "score", "is_anomaly"]
-    return ["source", "frame", "timecode", "score", "is_anomaly"]
+    if "Scene Number" in row:
+        return ["source", *SCENE_LIST_COLUMNS, "worst_score", "flagged_frames", "sampled_frames", "is_anomaly", "threshold"]
+    return ["source", "frame", "timecode", "seconds", "score", "is_anomaly"]
 
 
 def _check_embed_path(path):
@@ -76,10 +87,15 @@ def write_embeddings(path: Path, sources: list[dict], embeddings: np.ndarray):
         df.to_parquet(path, index=False)
 
 
+def _pixel_runner(loaded):
+    """Decoded frames (uint8 `[n, h, w, 3]`) -> the outputs of `analyse_pixels`, as numpy arrays."""
+    analyse_pixels = loaded.signatures["analyse_pixels"]
+    return lambda pixels: {k: v.numpy() for k, v in analyse_pixels(pixels=tf.constant(pixels)).items()}
+
+
 def _frame_rows(loaded, inputs, report, want_embedding, **sampling):
     """(source dict, outputs of one input) for image files and sampled video frames."""
     classify_images, encode_images = loaded.signatures["is_anomaly"], loaded.signatures["encode"]
-    analyse_pixels = loaded.signatures["analyse_pixels"]
 
     def run_images(blobs):
         out = {k: v.numpy() for k, v in classify_images(images=tf.constant(blobs)).items()}
@@ -87,10 +103,35 @@ def _frame_rows(loaded, inputs, report, want_embedding, **sampling):
             out["embedding"] = encode_images(images=tf.constant(blobs))["embedding"].numpy()
         return out
 
-    def run_pixels(pixels):
-        return {k: v.numpy() for k, v in analyse_pixels(pixels=tf.constant(pixels)).items()}
+    return frame_outputs(inputs, report, run_images, _pixel_runner(loaded), **sampling)
 
-    return frame_outputs(inputs, report, run_images, run_pixels, **sampling)
+
+def _video_qc(loaded, inputs, report, shots, new_detector, anomalies, *, batch_size, every_seconds, every_frames,
+              frames_per_shot, min_shot_length, start_timecode):
+    """`--shots` or `--events` rows of videos, and a one-line summary on stderr."""
+    run_pixels = _pixel_runner(loaded)
+    count, flagged = 0, 0
+    if shots:
+        if every_seconds is not None or every_frames is not None:
+            raise UserError("--shots draws --frames-per-shot frames from each shot: drop --every-seconds / --every-frames")
+        # the export's threshold (a variable of the SavedModel, returned with every score)
+        threshold = float(run_pixels(np.zeros([1, 8, 8, 3], np.uint8))["threshold"][0])
+        rows = (_qc_row(video, clock, s.number, s.start, s.end, s.frames, [float(x) for x in s.outputs.get("score", [])],
+                        threshold)
+                for video, clock, found in shot_outputs(inputs, report, run_pixels, detector=new_detector,
+                                                        frames_per_shot=frames_per_shot, start_timecode=start_timecode)
+                for s in found)
+    else:
+        rows = _events(frame_outputs(inputs, report, lambda blobs: {}, run_pixels, batch_size=batch_size,
+                                     every_seconds=every_seconds, every_frames=every_frames, start_timecode=start_timecode),
+                       lambda out: float(out["threshold"]), start_timecode, report)
+    for row in rows:
+        count, flagged = count + 1, flagged + bool(row["is_anomaly"])
+        if row["is_anomaly"] or not anomalies or not shots:
+            yield row
+    what = "shot(s)" if shots else "QC event(s)"
+    print(f"{count} {what}" + (f", {flagged} flagged" if shots else "") + " (frames over the export's threshold)",
+          file=sys.stderr)
 
 
 def _table_rows(loaded, metadata, inputs, batch_size, want_embedding):
@@ -112,8 +153,46 @@ def _table_rows(loaded, metadata, inputs, batch_size, want_embedding):
                 yield {"source": str(path), "row": start + i + 1, "id": ids[start + i]}, {k: v[i] for k, v in out.items()}
 
 
+def _qc_row(video, clock, number, start, end, frames, scores, threshold):
+    """A shot or QC event: the worst score of its sampled frames, how many were flagged, and its flag."""
+    row = range_row(video, clock, number, start, end)
+    flagged = int(sum(score > threshold for score in scores))
+    worst = max(scores) if scores else None
+    row.update(worst_score=round(float(worst), 6) if worst is not None else None, flagged_frames=flagged,
+               sampled_frames=";".join(map(str, frames)), is_anomaly=flagged > 0, threshold=round(float(threshold), 6))
+    note = (f"QC: {flagged} of {len(frames)} frames flagged, worst score {worst:.4g} > {threshold:.4g}" if flagged else
+            f"ok: worst score {worst:.4g} <= {threshold:.4g}" if worst is not None else "no frame drawn")
+    row["_event"].update(name="QC anomaly" if flagged else "ok", note=note, flagged=flagged > 0, worst_score=row["worst_score"],
+                         flagged_frames=flagged)
+    return row
+
+
+def _events(rows, threshold_of, start_timecode, report):
+    """Runs of consecutive flagged frames of each video -> one QC event row each (images are reported, and passed over)."""
+    from itertools import groupby
+
+    def videos_only(rows):
+        for row in rows:
+            if "frame" in row[0]:
+                yield row
+            else:
+                report(row[0]["source"], "--events takes videos; an image has no timecodes")
+
+    number = 0
+    for video, frames in groupby(videos_only(rows), key=lambda r: r[0]["source"]):
+        clock = open_clock(Path(video), start_timecode)
+        for flagged, run in groupby(frames, key=lambda r: bool(r[1]["is_anomaly"])):
+            run = list(run)
+            if flagged:
+                number += 1
+                indices = [int(r[0]["frame"]) for r in run]
+                yield _qc_row(video, clock, number, indices[0], indices[-1] + 1, indices,
+                              [float(r[1]["score"]) for r in run], threshold_of(run[0][1]))
+
+
 def predict(loaded, metadata, report, *, inputs, every_seconds=None, every_frames=None, batch_size=64, embed=None,
-            anomalies=False):
+            anomalies=False, events=False, shots=False, frames_per_shot=3, detector="content", threshold=None,
+            min_shot_length=15, start_timecode=None):
     """Scores frames (image files, folders, video frames) or feature rows.
 
     Args:
@@ -125,10 +204,15 @@ def predict(loaded, metadata, report, *, inputs, every_seconds=None, every_frame
         every_frames: video: one frame every this many frames (instead of `every_seconds`).
         batch_size: inputs per call of the model.
         embed: also write every input's embedding to this file (.parquet, .npy or .csv).
-        anomalies: yield only the inputs over the export's threshold.
+        anomalies: yield only the inputs over the export's threshold (with `shots`: only flagged shots).
+        events: videos: one row per run of consecutive flagged sampled frames (in: the first flagged
+            frame, out: the frame after the last one).
+        shots: videos: one row per shot, from `frames_per_shot` frames drawn in it.
+        frames_per_shot, detector, threshold, min_shot_length: `shots`: see `training.tasks.shots`.
+        start_timecode: video: the first frame's timecode (None: the file's tag, else 00:00:00:00).
 
     Yields:
-        One dict per input (see `csv_fields`), with `score` and `is_anomaly`.
+        One dict per input (see `csv_fields`), with `score` and `is_anomaly`; or per event or shot.
 
     Raises:
         UserError: no inputs, a bad flag value, a missing or malformed input, named.
@@ -149,8 +233,18 @@ def predict(loaded, metadata, report, *, inputs, every_seconds=None, every_frame
         results = _table_rows(loaded, metadata, inputs, batch_size, embed_path is not None)
     else:
         check_sampling(every_seconds, every_frames)
+        new_detector = check_shot_options(shots, frames_per_shot, detector, threshold, min_shot_length)
+        if shots and events:
+            raise UserError("--shots and --events: give one of them (a row per shot, or per run of flagged frames)")
+        if shots or events:
+            if embed_path is not None:
+                raise UserError(f"--embed: writes one embedding per frame; drop {'--shots' if shots else '--events'} to use it")
+            yield from _video_qc(loaded, inputs, report, shots, new_detector, anomalies, batch_size=batch_size,
+                                 every_seconds=every_seconds, every_frames=every_frames, frames_per_shot=frames_per_shot,
+                                 min_shot_length=min_shot_length, start_timecode=start_timecode)
+            return
         results = _frame_rows(loaded, inputs, report, embed_path is not None, batch_size=batch_size,
-                              every_seconds=every_seconds, every_frames=every_frames)
+                              every_seconds=every_seconds, every_frames=every_frames, start_timecode=start_timecode)
 
     sources, embeddings, flagged, total, threshold = [], [], 0, 0, None
     for source, out in results:

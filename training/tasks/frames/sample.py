@@ -136,3 +136,57 @@ def ensure_sample_frames(root, train_per_class=80, test_per_class=20, size=128, 
                     jpeg = tf.io.encode_jpeg(draw_frame(label, rng, size), quality=90).numpy()
                     (folder / f"{label}_{i:04d}.jpg").write_bytes(jpeg)
     return out
+
+
+def write_reel(path, shots, fps=24, size=128, seed=0, start_timecode=None, width=None):
+    """Writes an H.264 video of hard cuts between shots of the sample classes (for tests, demos and benchmarks).
+
+    Each shot is one drawn frame of its class held with a little sensor noise and a slow exposure drift,
+    so the only cuts are between shots.
+
+    Args:
+        path: the video to write (.mp4 or .mov; .mov keeps a start timecode as editors' tools do).
+        shots: `[(class name, number of frames)]`, in order; the name "noise" draws uniform noise and
+            "black" black frames (for QC).
+        fps: frame rate (an int or a `fractions.Fraction`, e.g. `Fraction(24000, 1001)`).
+        size: height (and width, unless `width` is given) in pixels, even.
+        width: the frame width, for wide frames (e.g. 1920 with size 1080): the drawing is stretched to it.
+        seed: the drawing's seed.
+        start_timecode: written as the container's `timecode` tag (e.g. "01:00:00:00"), or None.
+
+    Returns:
+        `[(class name, first frame, end frame)]` per shot, end exclusive.
+    """
+    from fractions import Fraction
+
+    import av
+
+    rng = np.random.default_rng(seed)
+    bounds, start = [], 0
+    with av.open(str(path), "w") as container:
+        if start_timecode:
+            container.metadata["timecode"] = start_timecode
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height = width or size, size
+        columns = np.arange(width) * size // width if width else None
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "veryfast"}
+        for label, length in shots:
+            if label == "noise":
+                base = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+            elif label == "black":
+                base = np.zeros((size, size, 3), np.float32)
+            else:
+                base = draw_frame(label, rng, size).astype(np.float32)
+            if columns is not None:
+                base = base[:, columns]
+            for i in range(length):
+                drift = 1.0 + 0.04 * np.sin(i / 12.0)
+                pixels = np.clip(base * drift + rng.normal(0, 2.0, base.shape), 0, 255).astype(np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                    container.mux(packet)
+            bounds.append((label, start, start + length))
+            start += length
+        for packet in stream.encode():
+            container.mux(packet)
+    return bounds
