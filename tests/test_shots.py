@@ -167,7 +167,7 @@ def test_qc_events_and_shots_follow_the_frame_scores(autoencoder_export, tmp_pat
     (["--start-timecode", "01:00:61:00"], "--start-timecode 01:00:61:00: not a timecode at 24 fps"),
     (["-o", "{tmp}/frames.edl"], "an EDL holds shots or QC events"),
     (["--shard", "2/2", "--output-dir", "{tmp}/out"], "--shard 2/2: expected I/N with 0 <= I < N"),
-    (["--jobs", "2"], "--jobs: needs --output-dir"),
+    (["--jobs", "0"], "--jobs 0: expected at least 1"),
     (["--files-from", "{tmp}/missing.txt", "--output-dir", "{tmp}/out"], "--files-from `"),
 ])
 def test_bad_shot_options_exit_2_naming_the_flag(frames_export, reel, tmp_path, capsys, args, message):
@@ -224,6 +224,16 @@ def test_two_shards_over_four_videos_score_every_video_once(frames_export, tmp_p
     for i, video in enumerate(videos):
         rows = _csv(tmp_path / "out" / f"reel{i}.mp4.csv")
         assert [int(r["Start Frame"]) for r in rows] == [1, [24, 30, 36, 42][i] + 1] and {r["source"] for r in rows} == {str(video)}
+
+
+def test_several_videos_at_once_write_what_one_at_a_time_writes(frames_export, tmp_path, capsys):
+    videos = _reels(tmp_path / "footage", [30, 24, 36])
+    _predict(frames_export, *videos, "--shots", "--jobs", "1", "-o", tmp_path / "one.csv")
+    _predict(frames_export, *videos, "--shots", "--jobs", "3", "-o", tmp_path / "three.csv")
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "three.csv").read_text()
+    assert [r["source"] for r in _csv(tmp_path / "three.csv")] == [str(v) for v in videos for _ in range(2)]
+    err = capsys.readouterr().err
+    assert all(f"] {v}" in err for v in videos)  # one line per file in logs (stderr is not a terminal here)
 
 
 def test_a_killed_shard_run_again_skips_the_files_it_finished(frames_export, tmp_path):

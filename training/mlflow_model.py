@@ -309,10 +309,10 @@ def data_sources(cfg) -> dict[str, str]:
         train = f"tfds:{d.tfds_name}" + (f"/{d.tfds_train_split}" if getattr(d, "tfds_train_split", None) else "")
         test = f"tfds:{d.tfds_name}/{d.tfds_test_split}" if getattr(d, "tfds_test_split", None) else train
     else:
-        keys = ("train_dir", "path", "sample_table_dir" if kind == "sample_table" else "", "sample_dir")
+        keys = ("train_dir", "path", "video_labels", "sample_table_dir" if kind == "sample_table" else "", "sample_dir")
         location = next((getattr(d, k) for k in keys if k and getattr(d, k, None)), None)
         train = str(Path(location).resolve()) if location else f"reelml:{cfg.task}/{kind}"
-        held_out = next((getattr(d, k) for k in ("test_dir", "test_path") if getattr(d, k, None)), None)
+        held_out = next((getattr(d, k) for k in ("test_dir", "test_path", "video_test_labels") if getattr(d, k, None)), None)
         test = str(Path(held_out).resolve()) if held_out else train
     return {"training": train, "validation": train, "test": test}
 

@@ -238,9 +238,9 @@ def predict(args, rest: list[str], import_tensorflow) -> int:
         skipped.append(path)
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
-    from training.predict_many import MANY_OPTIONS, predict_many
+    from training.predict_many import MANY_OPTIONS, default_jobs, predict_many, several_videos
 
-    if any(options.get(k) for k in MANY_OPTIONS):
+    if any(options.get(k) is not None for k in MANY_OPTIONS) or (default_jobs() > 1 and several_videos(options.get("inputs"))):
         return predict_many(task, loaded, metadata, options, args, fmt, export_dir)
     options = {k: v for k, v in options.items() if k not in MANY_OPTIONS}
     rows = task.predict(loaded, metadata, report, **options)

@@ -18,6 +18,7 @@ Progress: one line per file on stderr (cluster logs); on a terminal a bar over t
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -97,14 +98,12 @@ def predict_many(task, loaded, metadata, options: dict, args, fmt: str, export_d
 
     if "inputs" not in options:
         raise UserError(f"--files-from, --shard and --output-dir take files; {task.name} exports do not read files")
-    jobs = options["jobs"] if options["jobs"] is not None else 1
+    jobs = options["jobs"] if options["jobs"] is not None else default_jobs()
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: expected at least 1")
     out_dir = options["output_dir"]
     if out_dir is not None and args.output:
         raise UserError("--output and --output-dir: give one (one output for all files, or one per file)")
-    if out_dir is None and jobs > 1:
-        raise UserError("--jobs: needs --output-dir (one output per file, written as each file is done)")
     rest = {k: v for k, v in options.items() if k not in MANY_OPTIONS and k != "inputs"}
     skipped = []
 
@@ -113,10 +112,17 @@ def predict_many(task, loaded, metadata, options: dict, args, fmt: str, export_d
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
     files, mine = select_files(options["inputs"], options["files_from"], options["shard"], report)
-    if out_dir is None:  # the shard's files as one prediction
-        count = write_rows(task.predict(loaded, metadata, report, inputs=[str(p) for p in mine], **rest),
-                           Path(args.output) if args.output else None, fmt, task, export_dir, skipped)
-        print(f"{count} row(s) from {len(mine)} file(s) of {len(files)}", file=sys.stderr)
+    if out_dir is None:  # the files as one output, in their order; videos predicted `jobs` at once
+        from training.tasks.images import VIDEO_EXTENSIONS
+
+        images = [p for p in mine if p.suffix.lower() not in VIDEO_EXTENSIONS]
+        units = ([images] if images else []) + [[p] for p in mine if p.suffix.lower() in VIDEO_EXTENSIONS]
+        rows = _in_order(lambda unit, report_one: list(task.predict(loaded, metadata, report_one,
+                                                                    inputs=[str(p) for p in unit], **rest)),
+                         units, jobs, report)
+        count = write_rows(rows, Path(args.output) if args.output else None, fmt, task, export_dir, skipped)
+        print(f"{count} row(s) from {len(mine)} file(s)" + (f" of {len(files)}" if len(files) != len(mine) else ""),
+              file=sys.stderr)
         return 0
 
     out_dir = Path(out_dir)
@@ -142,8 +148,9 @@ def predict_many(task, loaded, metadata, options: dict, args, fmt: str, export_d
 
         start = time.perf_counter()
         target = out_dir / names[path]
-        rows = task.predict(loaded, metadata, report_one, inputs=[str(path)], **rest)
-        count = write_rows(rows, target, fmt, task, export_dir, mine_skipped)
+        with progress.bar_for(path):
+            rows = task.predict(loaded, metadata, report_one, inputs=[str(path)], **rest)
+            count = write_rows(rows, target, fmt, task, export_dir, mine_skipped)
         progress.done(f"{path} -> {target}: {count} row(s) in {time.perf_counter() - start:.1f} s")
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -167,6 +174,41 @@ def predict_many(task, loaded, metadata, options: dict, args, fmt: str, export_d
     return 0
 
 
+def several_videos(inputs) -> bool:
+    """Whether the named inputs are two or more video files (each may then go at once)."""
+    from training.tasks.images import VIDEO_EXTENSIONS
+
+    return sum(Path(p).suffix.lower() in VIDEO_EXTENSIONS for p in inputs or []) >= 2
+
+
+def default_jobs() -> int:
+    """Files predicted at once by default: one per two cores (decoding and the model each use threads), at most 4."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _in_order(predict_one, units: list[list[Path]], jobs: int, report):
+    """The rows of each unit (the images together, each video alone), `jobs` at once, yielded in order."""
+    progress = _Progress(len(units), lines=False)
+
+    def one(unit):
+        name = unit[0] if len(unit) == 1 else f"{len(unit)} images"
+        with progress.bar_for(name):
+            rows = predict_one(unit, report)
+        progress.done(str(name))
+        return rows
+
+    try:
+        if jobs == 1 or len(units) == 1:
+            for unit in units:
+                yield from one(unit)
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            for rows in pool.map(one, units):  # in order; later videos go on while earlier ones are written
+                yield from rows
+    finally:
+        progress.close()
+
+
 def _remove_stale_temps(out_dir: Path) -> None:
     """Removes the half-written outputs (`.NAME.tmp-PID-THREAD`) of processes that are gone (killed or crashed)."""
     # A PID names a process of this machine: an output folder shared by several hosts keeps others' temps.
@@ -183,16 +225,45 @@ def _remove_stale_temps(out_dir: Path) -> None:
 
 
 class _Progress:
-    """One line per finished file; on a terminal, a bar over the files too."""
+    """One line per finished file (unless `lines` is off); on a terminal, a bar over the files and one per file."""
 
-    def __init__(self, total: int):
-        self.total, self.finished = total, 0
+    def __init__(self, total: int, lines: bool = True):
+        self.total, self.finished, self.lines = total, 0, lines
         self.lock = threading.Lock()  # files finish in the pool's threads
-        self.bar = None
+        self.bar, self.free_rows, self.next_row = None, [], 1
         if sys.stderr.isatty() and total:
             from tqdm import tqdm  # PySceneDetect's dependency: there whenever reelml is
 
-            self.bar = tqdm(total=total, unit="file", file=sys.stderr)
+            self.tqdm = tqdm
+            self.bar = tqdm(total=total, unit="file", file=sys.stderr, position=0)
+
+    @contextlib.contextmanager
+    def bar_for(self, path: Path):
+        """Within the block, the videos this thread decodes move a bar of their own (on a terminal)."""
+        from training.tasks.video import progress_hook
+
+        if self.bar is None:
+            yield
+            return
+        with self.lock:
+            if self.free_rows:
+                row = self.free_rows.pop()
+            else:
+                row, self.next_row = self.next_row, self.next_row + 1
+        bar = self.tqdm(total=0, unit="frame", desc=Path(path).name, file=sys.stderr, position=row, leave=False)
+
+        def hook(_, done, total):
+            if total and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            with progress_hook(hook):
+                yield
+        finally:
+            bar.close()
+            with self.lock:
+                self.free_rows.append(row)
 
     def line(self, text: str) -> None:
         if self.bar is not None:
@@ -203,7 +274,8 @@ class _Progress:
     def done(self, text: str) -> None:
         with self.lock:
             self.finished += 1
-            self.line(f"[{self.finished}/{self.total}] {text}")
+            if self.lines or self.bar is None:
+                self.line(f"[{self.finished}/{self.total}] {text}")
             if self.bar is not None:
                 self.bar.update(1)
 

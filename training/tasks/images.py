@@ -41,6 +41,10 @@ def frame_folders(cfg) -> tuple[Path, Path | None]:
     Returns:
         `(train_dir, test_dir or None)`.
     """
+    if cfg.source == "video":
+        from training.tasks.footage import frame_folders as from_footage
+
+        return from_footage(cfg)
     if cfg.source == "sample":
         from training.tasks.frames.sample import ensure_sample_frames  # the generator of the sample frames both tasks use
 

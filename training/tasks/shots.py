@@ -123,7 +123,10 @@ def detect_shots(path: Path, run_pixels, *, detector, frames_per_shot: int):
     from scenedetect import SceneManager
     from scenedetect.backends.pyav import VideoStreamAv
 
+    from training.tasks.video import current_progress_hook
+
     sampler = _Sampler(run_pixels, frames_per_shot)
+    tick = current_progress_hook()  # of this thread: PySceneDetect reads in a thread of its own
 
     class Tap(VideoStreamAv):
         """The stream PySceneDetect reads, handing each decoded frame to the sampler too."""
@@ -132,6 +135,7 @@ def detect_shots(path: Path, run_pixels, *, detector, frames_per_shot: int):
             frame = super().read(decode)
             if decode and frame is not False:
                 sampler.add(self.frame_number - 1, frame)
+                tick(path, self.frame_number, total)
             return frame
 
     def reporting(method):  # the detector's cuts, told to the sampler as the detector finds them
@@ -147,6 +151,7 @@ def detect_shots(path: Path, run_pixels, *, detector, frames_per_shot: int):
     manager = SceneManager()
     manager.add_detector(detector)
     stream = Tap(str(path), suppress_output=True)
+    total = stream.duration.frame_num if stream.duration is not None else 0  # for the progress bar only
     manager.detect_scenes(stream)
     sampler.cut(stream.frame_number)  # the last shot ends with the video
     found = [(s.start, s.end) for s in sampler.shots]

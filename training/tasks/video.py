@@ -9,7 +9,9 @@ export's signatures over them in batches, skipping unreadable files
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,27 @@ def expand_inputs(inputs, report):
     return images, videos
 
 
+# Progress of the videos decoded in a thread: `reelml predict` over several files gives each worker thread a
+# hook that draws that file's bar (training/predict_many.py); without one, nothing is drawn.
+_progress = threading.local()
+
+
+@contextlib.contextmanager
+def progress_hook(hook):
+    """Within the block, videos decoded in this thread call `hook(path, frames decoded, frames in the video or 0)`."""
+    before = getattr(_progress, "hook", None)
+    _progress.hook = hook
+    try:
+        yield
+    finally:
+        _progress.hook = before
+
+
+def current_progress_hook():
+    """This thread's hook (see `progress_hook`), or one that does nothing."""
+    return getattr(_progress, "hook", None) or (lambda path, done, total: None)
+
+
 def video_frames(path, every_seconds: float | None, every_frames: int | None):
     """Decodes a video with PyAV and yields its sampled frames.
 
@@ -82,11 +105,14 @@ def video_frames(path, every_seconds: float | None, every_frames: int | None):
     """
     import av
 
+    tick = current_progress_hook()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        total = stream.frames or 0
         next_time = 0.0
         for index, frame in enumerate(container.decode(stream)):
+            tick(path, index + 1, total)
             seconds = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
             if every_frames:
                 take = index % every_frames == 0
