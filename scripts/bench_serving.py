@@ -112,7 +112,8 @@ def _free_port() -> int:
 
 def _serve(model_uri: str, uri: str, log: Path):
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,  # the server runs `uvicorn` from PATH: this interpreter's
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     with open(log, "a") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
                                  "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"], env=env, stdout=out,

@@ -312,7 +312,9 @@ def without_reelml(tmp_path_factory, trained):
     block = tmp_path_factory.mktemp("block")
     (block / "sitecustomize.py").write_text(WITHOUT_REELML)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
-    env.update(PYTHONPATH=str(block), MLFLOW_TRACKING_URI=trained["uri"])
+    # `mlflow models serve` runs `uvicorn` from PATH: this interpreter's, even when its venv is not activated
+    env.update(PYTHONPATH=str(block), MLFLOW_TRACKING_URI=trained["uri"],
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
     check = subprocess.run([sys.executable, "-c", "import training"], env=env, capture_output=True, text=True, timeout=300,
                            check=False)
     assert "reelml must not be importable here" in check.stderr
