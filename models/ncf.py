@@ -16,6 +16,9 @@ serving feeds the whole catalogue. One call scores them all.
   tower of ReLU layers;
 - `build_neumf`: both, side by side, fused by one output layer; it can start
   from trained GMF and MLP weights (`neumf_weights_from_pretrained`);
+- `build_mf`: matrix factorisation with user, item and global biases, the dot
+  product that Rendle et al. (RecSys 2020) found hard to beat with a learned
+  similarity;
 - `build_seed_cf`: the seed's collaborative filter, user one-hot -> Dense ReLU
   -> Dense sigmoid over every item, read at the candidate items.
 
@@ -89,6 +92,54 @@ def build_gmf(num_users, num_items, factors=8, embedding_l2=0.0, l2=0.0, seed=No
     user, item = _inputs()
     x = _gmf_vector(user, item, num_users, num_items, factors, embedding_l2, seed)
     return keras.Model({"user": user, "item": item}, _prediction(x, l2), name="gmf")
+
+
+class _GlobalBias(layers.Layer):
+    """One learned scalar added to every score."""
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(shape=(), initializer="zeros", name="bias")
+
+    def call(self, x):
+        return x + ops.cast(self.bias, x.dtype)
+
+
+def build_mf(num_users, num_items, factors=64, embedding_l2=0.0, l2=0.0, seed=None):
+    """Builds biased matrix factorisation: sigmoid(p_u . q_i + b_u + b_i + b).
+
+    The factors use GMF's layer names (`gmf_user_embedding`, `gmf_item_embedding`), so `item_embeddings`
+    and `similar_items` read them the same way.
+
+    Args:
+        num_users: int, users in the vocabulary.
+        num_items: int, items in the catalogue.
+        factors: int, embedding size.
+        embedding_l2: float, L2 penalty on the factors and biases (Rendle et al. tune it: the main lever).
+        l2: float, unused (MF has no Dense kernels); accepted like every builder's.
+        seed: int or None, seed of the initialisers.
+
+    Returns:
+        A `keras.Model` from `{"user": [B], "item": [B, C]}` to probabilities `[B, C]`.
+
+    Example:
+        >>> m = build_mf(10, 20, factors=4)
+        >>> m({"user": np.array([1, 2]), "item": np.array([[0, 5, 7], [1, 2, 3]])}).shape
+        TensorShape([2, 3])
+    """
+    del l2
+    user, item = _inputs()
+    p = _embedding(num_users, factors, "gmf_user_embedding", embedding_l2, seed)(user)  # [B, F]
+    q = _embedding(num_items, factors, "gmf_item_embedding", embedding_l2, None if seed is None else seed + 1)(item)
+    regularizer = keras.regularizers.L2(embedding_l2) if embedding_l2 else None
+    b_user = layers.Embedding(num_users, 1, embeddings_initializer="zeros", embeddings_regularizer=regularizer,
+                              name="user_bias")(user)  # [B, 1]
+    b_item = layers.Embedding(num_items, 1, embeddings_initializer="zeros", embeddings_regularizer=regularizer,
+                              name="item_bias")(item)  # [B, C, 1]
+    logits = ops.sum(ops.expand_dims(p, 1) * q, axis=-1) + b_user + ops.squeeze(b_item, -1)
+    logits = _GlobalBias(name="global_bias")(logits)
+    # float32 output under mixed precision: probabilities near 0 and 1 matter for ranking.
+    out = layers.Activation("sigmoid", dtype="float32", name="prediction")(logits)
+    return keras.Model({"user": user, "item": item}, out, name="mf")
 
 
 def build_mlp(num_users, num_items, mlp_layers=(64, 32, 16, 8), embedding_l2=0.0, l2=0.0, seed=None):

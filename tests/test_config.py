@@ -11,7 +11,11 @@ from training.errors import ConfigError
 from conftest import CONFIGS, run_cli
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "tune")  # configs/tune/: space files
+SPACE_FILES = sorted((CONFIGS / "tune").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     cfg = load_config(path)
     again = tmp_path / "again.yaml"
@@ -21,9 +25,27 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
 
 
 def test_every_shipped_config_opens_with_its_command():
-    for path in CONFIGS.rglob("*.yaml"):
+    for path in RUN_CONFIGS:
         head = path.read_text().split("\n\n")[0]
         assert head.startswith("#") and "reelml train" in head, f"{path} must open with a comment giving its command"
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.name)
+def test_every_shipped_space_file_opens_with_its_command_and_fits_its_config(path):
+    import re
+    import shlex
+
+    from training.tune.space import load_space
+
+    head = path.read_text().split("\n\n")[0]
+    command = re.search(r"^#   (reelml tune .*?)$((?:\n#\s{5,}.*$)*)", head, re.M)
+    assert command, f"{path} must open with a comment giving its `reelml tune` command"
+    argv = shlex.split((command.group(1) + command.group(2).replace("#", " ")).replace("\\", " "))
+    config, overrides = argv[2], [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert argv[argv.index("--space") + 1] == f"configs/tune/{path.name}"
+    assert "FOUND" not in head  # what it found on our data is written down
+    space = load_space(path, CONFIGS.parent / config, overrides)  # every key, bound and choice fits the config
+    assert space.params
 
 
 def test_yaml_1_2_scalars():

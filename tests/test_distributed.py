@@ -102,6 +102,8 @@ def test_two_workers_train_like_one_with_the_same_global_batch(family, sample_fr
     metrics_one, metrics_two = _epoch_metrics(client_one, run_one), _epoch_metrics(client_two, run_two)
     assert set(metrics_one) == set(metrics_two)
     for key, values in metrics_one.items():
+        if key.endswith("_seconds"):  # how long the baselines took to fit: a time, not a result
+            continue
         assert metrics_two[key] == pytest.approx(values, **TOLERANCE), key
 
     name = run_two.data.params["name"]

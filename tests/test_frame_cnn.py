@@ -9,6 +9,7 @@ import pytest
 from models import MODELS
 from models.frame_cnn import build_frame_cnn
 from training.config import load_config
+from training.config.frames import BACKBONE_KEYS
 
 from conftest import CONFIGS
 
@@ -78,7 +79,7 @@ def test_fused_batch_norm_matches_keras_batch_norm():
 def test_seed_architecture_is_reproduced_exactly():
     """Conv 32/64/128 3x3 ReLU + 2x2 max pool each, Flatten, Dense 1024 ReLU, Dense 10 softmax, 224x224x3."""
     cfg = load_config(CONFIGS / "seed" / "frames.yaml")
-    params = cfg.model.model_dump(exclude={"name"})
+    params = cfg.model.model_dump(exclude={"name", *BACKBONE_KEYS})
     model = build_frame_cnn(num_classes=10, l2=cfg.train.l2, **params)
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128]
@@ -94,7 +95,7 @@ def test_seed_architecture_is_reproduced_exactly():
 
 def test_default_architecture_parameter_count():
     cfg = load_config(CONFIGS / "frames.yaml")
-    model = build_frame_cnn(num_classes=6, **cfg.model.model_dump(exclude={"name"}))
+    model = build_frame_cnn(num_classes=6, **cfg.model.model_dump(exclude={"name", *BACKBONE_KEYS}))
     if cfg.model.test_time_flip:  # the mirror-averaging wrapper adds no weights
         model = model.classifier
     convs = sum(l.count_params() for l in model.layers if isinstance(l, keras.layers.Conv2D))

@@ -294,7 +294,13 @@ def test_model_parameter_counts_and_shapes():
     assert neumf.count_params() == (users + items) * 8 + (8 * 4 + 4) + (8 + 1)
     seed = ncf.build_seed_cf(users, items, mlp_layers=[10])
     assert seed.count_params() == users * 10 + 10 + 10 * items + items
-    for model in (gmf, mlp, neumf, seed):
+    mf = ncf.build_mf(users, items, factors=4)
+    assert mf.count_params() == (users + items) * 4 + (users + items) + 1  # factors, user and item biases, global bias
+    probabilities = np.asarray(mf(x))
+    p, q = mf.get_layer("gmf_user_embedding").embeddings.numpy(), mf.get_layer("gmf_item_embedding").embeddings.numpy()
+    expected = 1 / (1 + np.exp(-np.einsum("bf,bcf->bc", p[x["user"]], q[x["item"]])))  # biases start at zero
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5)
+    for model in (gmf, mlp, neumf, seed, mf):
         assert tuple(model(x).shape) == (2, 3)
         assert tuple(ncf.item_embeddings(model).shape)[0] == items
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,11 +97,23 @@ def test_a_second_process_on_a_live_run_folder_exits_2_and_a_sigkill_leaves_no_l
 # --------------------------------------------------------------------------- checkpoints that must fit
 
 
-@pytest.fixture
-def trained(sample_frames, workdir):
-    sets = _sets(*smoke_overrides(sample_frames, workdir), "train.epochs=3", "train.keep_checkpoints=3")
-    result = run_cli("train", SMOKE, *sets, cwd=workdir)
+@pytest.fixture(scope="module")
+def trained_once(sample_frames, tmp_path_factory):
+    """A finished 3-epoch frames smoke run (3 checkpoints, export version 1), trained once for the module."""
+    base = tmp_path_factory.mktemp("trained")
+    sets = _sets(*smoke_overrides(sample_frames, base), "train.epochs=3", "train.keep_checkpoints=3")
+    result = run_cli("train", SMOKE, *sets, cwd=base)
     assert result.returncode == 0, result.stderr[-3000:]
+    return base, sets
+
+
+@pytest.fixture
+def trained(trained_once, workdir):
+    """That run's folder and export, copied into this test's working directory (the tests damage them); its
+    MLflow store stays where it was trained (these tests read the run folder, not MLflow)."""
+    base, sets = trained_once
+    for name in ("runs", "exports"):
+        shutil.copytree(base / name, workdir / name, symlinks=True)
     return sets
 
 
@@ -148,13 +161,18 @@ def test_export_with_every_checkpoint_damaged_exits_2_and_writes_nothing(trained
     assert export_lib.versions(workdir / "exports" / "frames-smoke") == [1]
 
 
-@pytest.mark.parametrize("content", ['{"status": "runn', "", "[1, 2]", '{"status": "paused"}'])
+DAMAGED_STATES = ['{"status": "runn', "", "[1, 2]", '{"status": "paused"}']
+
+
+@pytest.mark.parametrize("content", DAMAGED_STATES)
 def test_a_damaged_state_file_is_a_clear_error_and_fresh_starts_over(content, sample_frames, workdir):
     sets = _sets(*smoke_overrides(sample_frames, workdir))
     state = workdir / "runs" / "frames-smoke" / "state.json"
     state.parent.mkdir(parents=True)
     state.write_text(content)
     _user_error(run_cli("train", SMOKE, *sets, cwd=workdir), "state.json: damaged run state", "--fresh")
+    if content != DAMAGED_STATES[0]:
+        return  # what --fresh does is the same for every kind of damage: trained once, for the first
     result = run_cli("train", SMOKE, *sets, "--fresh", cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(state.read_text())["status"] == "finished"
@@ -340,3 +358,23 @@ def test_a_tracking_uri_from_the_environment_with_a_bad_scheme_exits_2(sample_fr
                      env={"MLFLOW_TRACKING_URI": "ftp://user:secret@host/x"})
     _user_error(result, "MLFLOW_TRACKING_URI `ftp://...`", "scheme `ftp:`")
     assert "secret" not in result.stderr
+
+
+def test_an_unfinished_run_of_an_older_reelml_resumes_when_no_value_changed(tmp_path):
+    from training.run_dir import RunState
+
+    cfg = load_config(SMOKE)
+    first = RunState(tmp_path, cfg, fresh=False)
+    first.run_id = "abc"
+    first.save("running")
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["fingerprint"] = "of-an-older-version"  # its schema had no `train.max_minutes` (unset here too)
+    del state["config"]["train.max_minutes"]
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    resumed = RunState(tmp_path, cfg, fresh=False)
+    assert resumed.resumed and resumed.run_id == "abc"
+
+    state["config"]["train.epochs"] = 99  # a value that did change still refuses to resume silently
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"changed: train.epochs: 99 -> 2"):
+        RunState(tmp_path, cfg, fresh=False)

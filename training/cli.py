@@ -1,4 +1,4 @@
-"""`reelml train | evaluate | export | predict | promote`.
+"""`reelml train | tune | evaluate | export | predict | promote`.
 
 User errors (a bad config, path, file or ID) end in one readable message on
 stderr and exit status 2, never a traceback.
@@ -55,6 +55,18 @@ def add_output_arguments(p) -> None:
                    help="output format (default: from --output's extension, else csv)")
 
 
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reelml", description="Train, track, export and run reelml models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--fresh", action="store_true", help="start over even if an unfinished run of this config exists")
+
+    p = sub.add_parser("tune", help="search a config's hyperparameters with Optuna: every trial an MLflow child run, "
+                       "resumable, parallel over processes or cluster tasks")
+    _config_args(p)
+    p.add_argument("--space", required=True, metavar="SPACE.yaml",
+                   help="what each trial draws: dotted config keys with ranges or choices (configs/tune/ has one per family)")
+    p.add_argument("--trials", type=_positive(int), default=20, help="finished trials the study ends with, all tuners "
+                   "together (default 20); a re-run continues up to it")
+    p.add_argument("--storage", help="the study's storage: a journal file (default runs/<name>/tune/journal.log; put it on "
+                   "shared storage for a cluster) or an RDB URL, e.g. sqlite:///tune.db")
+    p.add_argument("--study", help="the study's name in the storage (default: the config's name)")
+    p.add_argument("--timeout", type=_positive(float), metavar="SECONDS", help="start no trial after this long")
+    p.add_argument("--jobs", type=_positive(int), default=1, help="tuner processes on this machine (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="check the config and space, print the plan and exit")
 
     p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on its validation and test data")
     _config_args(p)
@@ -117,6 +143,11 @@ def _run(args, rest) -> int:
         version = mlflow_model.promote(args.name, args.version, args.alias, uri)
         print(f"models:/{args.name}@{args.alias} -> version {version} (in {uri})")
         return 0
+
+    if args.command == "tune":
+        from training.tune import tune
+
+        return tune(args, _import_tensorflow_quietly)  # which imports TensorFlow once the space file is checked
 
     from training.config import load_config
 

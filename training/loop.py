@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -39,18 +40,54 @@ def epoch_steps(data, train_cfg) -> int:
     return data.train_steps if cap is None else min(data.train_steps, cap)
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int, precision: str):
-    """The Keras optimizer with its learning-rate schedule, from `train.*`."""
+class BudgetedCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then cosine decay to zero at `planned_steps`: a variable, which a time budget
+    (`train.max_minutes`) sets once it has measured how long an epoch takes.
+
+    Args:
+        peak: the learning rate after warm-up.
+        warmup_steps: linear warm-up from zero (0: none).
+        planned_steps: where the decay reaches zero, until `plan` moves it.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, planned_steps: int):
+        self.peak, self.warmup = float(peak), int(warmup_steps)
+        self.planned = tf.Variable(float(planned_steps), trainable=False, dtype=tf.float32, name="planned_steps")
+
+    def plan(self, steps: int) -> None:
+        self.planned.assign(float(max(steps, self.warmup + 1)))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * step / max(self.warmup, 1)
+        progress = tf.clip_by_value((step - self.warmup) / tf.maximum(self.planned - self.warmup, 1.0), 0.0, 1.0)
+        decayed = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup, warm, decayed)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup, "planned_steps": int(self.planned.numpy())}
+
+
+def make_schedule(train_cfg, steps_per_epoch: int):
+    """`train.lr_schedule` as a Keras schedule (or the constant rate); with `train.max_minutes`, a `BudgetedCosine`."""
     lr = train_cfg.learning_rate
-    if train_cfg.lr_schedule == "cosine":
-        total = max(1, train_cfg.epochs * steps_per_epoch)
-        warmup = min(int(train_cfg.warmup_epochs * steps_per_epoch), total - 1)
-        lr = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else lr,
-            decay_steps=total - warmup,
-            warmup_target=lr if warmup else None,
-            warmup_steps=warmup,
-        )
+    if train_cfg.lr_schedule != "cosine":
+        return lr
+    total = max(1, train_cfg.epochs * steps_per_epoch)
+    warmup = min(int(train_cfg.warmup_epochs * steps_per_epoch), total - 1)
+    if train_cfg.max_minutes is not None:
+        return BudgetedCosine(lr, warmup, total)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else lr,
+        decay_steps=total - warmup,
+        warmup_target=lr if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(train_cfg, steps_per_epoch: int, precision: str, schedule=None):
+    """The Keras optimizer with its learning-rate schedule (`schedule`, else `make_schedule`), from `train.*`."""
+    lr = make_schedule(train_cfg, steps_per_epoch) if schedule is None else schedule
     clip = {"clipnorm": train_cfg.clipnorm} if train_cfg.clipnorm else {}
     if train_cfg.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay, **clip)
@@ -94,10 +131,12 @@ class Loop:
     """Compiled train and eval steps for one model under one strategy."""
 
     def __init__(self, model, optimizer, loss_fn, make_metrics, strategy, jit_compile=False, steps_per_execution=1,
-                 make_eval_metrics=None):
+                 make_eval_metrics=None, schedule=None):
         # `make_eval_metrics`: when evaluation measures something training cannot (ranking a held-out item
-        # among candidates), its own metrics; else the training ones.
+        # among candidates), its own metrics; else the training ones. `schedule`: the optimizer's learning-rate
+        # schedule, which a time budget re-plans (`BudgetedCosine`).
         self.model, self.optimizer, self.loss_fn, self.strategy = model, optimizer, loss_fn, strategy
+        self.schedule = schedule
         self.steps_per_execution = steps_per_execution
         with strategy.scope():
             self.train_metrics = [keras.metrics.Mean(name="loss")] + make_metrics()
@@ -184,6 +223,46 @@ class Loop:
         return {f"{prefix}{m.name}": float(m.result()) for m in self.eval_metrics}
 
 
+# The clock a time budget reads (a test replaces it with one that advances a fixed time per epoch).
+clock = time.monotonic
+
+
+class TimeBudget:
+    """`train.max_minutes`: training time that ends the run, and that the cosine schedule spans.
+
+    After the first epoch (which includes tracing) and again after the second (steady steps), the epochs
+    that fit in what is left of the budget are planned, at most `train.epochs`, and the schedule is moved to
+    end with them; no epoch starts once they are done. The time spent and the plan are logged with every
+    epoch (`train_seconds`, `planned_epochs`) and so restored with the checkpoint: a resumed run keeps the
+    time it already spent (an epoch interrupted part-way is not counted). On many workers the epoch's time
+    is their mean, so every worker plans and stops alike.
+    """
+
+    def __init__(self, train_cfg, steps_per_epoch: int, schedule, strategy, history: list[dict]):
+        self.seconds, self.epochs, self.steps = train_cfg.max_minutes * 60.0, train_cfg.epochs, steps_per_epoch
+        self.schedule = schedule if isinstance(schedule, BudgetedCosine) else None
+        last = history[-1] if history else {}
+        self.spent = float(last.get("train_seconds", 0.0))
+        self.planned = int(last.get("planned_epochs", self.epochs))
+        if self.schedule is not None:
+            self.schedule.plan(self.planned * steps_per_epoch)
+        self._mean = tf.function(lambda v: strategy.reduce("MEAN", strategy.run(tf.identity, args=(v,)), axis=None))
+
+    def after_epoch(self, epoch: int, seconds: float) -> dict:
+        """Counts an epoch (1-based) of `seconds`; re-plans after the first two. Returns what to log."""
+        seconds = float(self._mean(tf.constant(seconds, tf.float32)))
+        self.spent += seconds
+        if epoch <= 2:
+            fit = int((self.seconds - self.spent) // max(seconds, 1e-6))
+            self.planned = max(epoch, min(self.epochs, epoch + fit))
+            if self.schedule is not None:
+                self.schedule.plan(self.planned * self.steps)
+        return {"train_seconds": self.spent, "planned_epochs": float(self.planned)}
+
+    def done(self, epochs_done: int) -> bool:
+        return epochs_done >= self.planned or self.spent >= self.seconds
+
+
 def _monitored(loop: Loop, train_cfg, has_validation: bool) -> tuple[str, int]:
     """The metric that picks the best epoch, and +1 (lower is better) or -1 (higher is better)."""
     if not has_validation:  # nothing held out: the training loss is all there is
@@ -254,6 +333,7 @@ def fit(loop: Loop, data, train_cfg, checkpoints, callbacks=(), on_epoch_end=Non
     callback_list = keras.callbacks.CallbackList(
         list(callbacks), add_progbar=True, model=model, verbose=_progress_verbosity(), epochs=train_cfg.epochs, steps=steps
     )
+    budget = TimeBudget(train_cfg, steps, loop.schedule, strategy, history) if train_cfg.max_minutes else None
     model.stop_training = False
     callback_list.on_train_begin()
     with _Sigterm() as sigterm:
@@ -261,6 +341,11 @@ def fit(loop: Loop, data, train_cfg, checkpoints, callbacks=(), on_epoch_end=Non
             if train_cfg.early_stopping_patience and since_best >= train_cfg.early_stopping_patience:
                 print(f"Early stopping: no better {monitor} for {since_best} epochs", flush=True)
                 break
+            if budget is not None and budget.done(epoch):
+                print(f"Time budget: {budget.spent / 60:.1f} of train.max_minutes {train_cfg.max_minutes:g} spent "
+                      f"in {epoch} epochs", flush=True)
+                break
+            started = clock()
             set_epoch(epoch)  # the epoch's shuffle and negatives: the same ones when it is redone after a restart
             callback_list.on_epoch_begin(epoch)
             # A resumed epoch skips the batches it already trained on.
@@ -273,6 +358,8 @@ def fit(loop: Loop, data, train_cfg, checkpoints, callbacks=(), on_epoch_end=Non
             start_step = 0
             if val_ds is not None:
                 logs.update(loop.evaluate(val_ds, prefix="val_"))
+            if budget is not None:
+                logs.update(budget.after_epoch(epoch + 1, clock() - started))
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(loop.optimizer.learning_rate))
             history.append(logs)
             if sign * logs[monitor] < best:

@@ -110,8 +110,9 @@ class RunState:
         self.cfg = cfg
         self.resumed = bool(previous) and previous["status"] in ("starting", "running")
         if self.resumed:
-            if previous.get("fingerprint") != cfg.fingerprint():
-                changed = _changed_keys(previous.get("config") or {}, cfg.flat())
+            changed = _changed_keys(previous.get("config") or {}, cfg.flat())
+            # Another fingerprint with no value changed: a newer reelml added keys, unset (None) in both.
+            if previous.get("fingerprint") != cfg.fingerprint() and changed:
                 raise UserError(
                     f"{run_dir} holds an unfinished run of `{cfg.name}` with a different config "
                     f"(changed: {', '.join(changed[:5])}). Re-run with the same config to resume it, "

@@ -60,6 +60,26 @@ def check_reachable(uri: str) -> None:
             raise UserError(f"tracking.uri `{uri}`: folder `{parent}` does not exist or is not writable")
 
 
+def open_experiment(name: str):
+    """The MLflow experiment `name` (made if missing) as the active one, marked as model training for MLflow's UI
+    (not a GenAI experiment)."""
+    import mlflow
+
+    experiment = mlflow.set_experiment(name)
+    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+    return experiment
+
+
+def run_page(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where MLflow's UI shows a run: a link for a server, `mlflow ui` and the page for a local store (see
+    `Tracker.run_page`)."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+
+
 def git_commit() -> str:
     """The commit of the reelml source that runs (with `-dirty` if it has local changes)."""
     source = Path(__file__).resolve().parent.parent
@@ -90,8 +110,10 @@ def package_versions() -> dict[str, str]:
 class Tracker:
     """One MLflow run, opened new or resumed by id."""
 
-    def __init__(self, cfg, enabled: bool = True):
+    def __init__(self, cfg, enabled: bool = True, tags: dict | None = None):
+        # `tags`: set on the run when it starts, and again when it resumes (a sweep's parent run and trial number).
         self.enabled = enabled and cfg.tracking.enabled
+        self.extra_tags = dict(tags or {})
         self.cfg = cfg
         self.run_id: str | None = None
         self.experiment_id: str | None = None
@@ -107,7 +129,7 @@ class Tracker:
                     os.environ.setdefault(name, value)
 
     @contextlib.contextmanager
-    def _calls(self):
+    def calls(self):
         """Turns a tracking server that stopped answering into one `TrackingLost` message."""
         if not self.uri.startswith(("http://", "https://")):
             yield
@@ -137,10 +159,14 @@ class Tracker:
             on_start: called with the run id as soon as the run exists, before anything else is logged
                 (with None when tracking is off).
         """
+        from training.errors import Stopped
+
         try:
             yield self._start(run_id, attempt, on_start)
         except BaseException as e:
-            self.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            if isinstance(e, Stopped) and not self._lost:
+                self.set_tags({"reelml.stopped": e.reason[:5000]})
+            self.end("KILLED" if isinstance(e, (KeyboardInterrupt, Stopped)) else "FAILED")
             raise
         self.end()
 
@@ -151,17 +177,19 @@ class Tracker:
             return None
         import mlflow
 
-        with self._calls():
+        with self.calls():
             mlflow.set_tracking_uri(self.uri)
-            experiment = mlflow.set_experiment(self.cfg.tracking.experiment)
-            if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:  # MLflow's UI: a training, not a GenAI, experiment
-                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+            experiment = open_experiment(self.cfg.tracking.experiment)
             if run_id is None and attempt:
                 found = mlflow.MlflowClient().search_runs(
                     [experiment.experiment_id], f"tags.`reelml.attempt` = '{attempt}'", max_results=1)
                 run_id = found[0].info.run_id if found else None
-            tags = {"reelml.attempt": attempt} if attempt and run_id is None else None
-            run = mlflow.start_run(run_id=run_id, run_name=self.cfg.tracking.run_name or self.cfg.name, tags=tags)
+            tags = {"reelml.attempt": attempt} if attempt and run_id is None else {}
+            if run_id is None:
+                tags.update(self.extra_tags)  # a parent run id is there from the start: MLflow's UI nests the run at once
+            run = mlflow.start_run(run_id=run_id, run_name=self.cfg.tracking.run_name or self.cfg.name, tags=tags or None)
+            if run_id is not None and self.extra_tags:
+                mlflow.set_tags(self.extra_tags)
             self.run_id, self.experiment_id = run.info.run_id, experiment.experiment_id
             if on_start is not None:
                 on_start(self.run_id)
@@ -184,16 +212,13 @@ class Tracker:
         the UI opens its GenAI view, whatever the experiment's kind."""
         if not self.enabled or self.run_id is None:
             return None
-        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
-        if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/{page}"
-        return f"mlflow ui --backend-store-uri {self.uri}, then http://127.0.0.1:5000/{page}"
+        return run_page(self.uri, self.experiment_id, self.run_id)
 
     def set_tags(self, tags: dict):
         if self.enabled:
             import mlflow
 
-            with self._calls():
+            with self.calls():
                 mlflow.set_tags(tags)
 
     def log_epoch(self, epoch: int, logs: dict):
@@ -205,7 +230,7 @@ class Tracker:
             return
         import mlflow
 
-        with self._calls():
+        with self.calls():
             mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
         self._logged_epochs.add(epoch)
 
@@ -220,7 +245,7 @@ class Tracker:
         if self.enabled and metrics:
             import mlflow
 
-            with self._calls():
+            with self.calls():
                 mlflow.log_metrics(metrics)
             self._logged_finals.update(metrics)
 
@@ -232,7 +257,7 @@ class Tracker:
 
         from training import mlflow_model
 
-        with self._calls():
+        with self.calls():
             for dataset, context in mlflow_model.datasets(cfg, data):
                 mlflow.log_input(dataset, context=context)
         self._has_datasets = True
@@ -243,7 +268,7 @@ class Tracker:
             return None
         from training import mlflow_model
 
-        with self._calls():
+        with self.calls():
             return mlflow_model.log_model(cfg, task, data, export_dir, self.run_id, metrics)
 
     def log_figure(self, figure, name: str):
@@ -253,7 +278,7 @@ class Tracker:
         if self.enabled:
             import mlflow
 
-            with self._calls():
+            with self.calls():
                 mlflow.log_figure(figure, f"plots/{name}")
         plt.close(figure)
 
@@ -261,14 +286,14 @@ class Tracker:
         if self.enabled:
             import mlflow
 
-            with self._calls():
+            with self.calls():
                 mlflow.log_text(text, name)
 
     def log_artifacts(self, directory, artifact_path: str):
         if self.enabled:
             import mlflow
 
-            with self._calls():
+            with self.calls():
                 mlflow.log_artifacts(str(directory), artifact_path)
 
     def end(self, status: str = "FINISHED"):
@@ -280,8 +305,11 @@ class Tracker:
                 with contextlib.suppress(Exception):
                     mlflow.end_run(status)
                 return
-            with self._calls():
+            with self.calls():
                 mlflow.end_run(status)
+
+
+NOT_PLOTTED = ("learning_rate", "train_seconds", "planned_epochs")  # logged per epoch, not learning curves
 
 
 def learning_curves(history: list[dict]):
@@ -291,7 +319,7 @@ def learning_curves(history: list[dict]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k in history[0] if not k.startswith("val_") and k != "learning_rate"]
+    names = [k for k in history[0] if not k.startswith("val_") and k not in NOT_PLOTTED]
     names += [k[4:] for k in history[0] if k.startswith("val_") and k[4:] not in names]  # measured on validation only
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
     epochs = range(1, len(history) + 1)

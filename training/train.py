@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from training.config import RunConfig
-from training.errors import UserError
+from training.errors import Diverged, UserError
 from training.run_dir import RunLock, RunState, read_state
 
 
@@ -59,13 +59,14 @@ def build(cfg: RunConfig, run_dir: Path, strategy, chief: bool = True) -> Built:
     data = task.load_data(cfg, run_dir)
     with strategy.scope():
         model = task.build_model(cfg, data)
-        optimizer = loop.make_optimizer(cfg.train, loop.epoch_steps(data, cfg.train), precision)
+        schedule = loop.make_schedule(cfg.train, loop.epoch_steps(data, cfg.train))
+        optimizer = loop.make_optimizer(cfg.train, loop.epoch_steps(data, cfg.train), precision, schedule)
         optimizer.build(model.trainable_variables)
         steps = loop.Loop(
             model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy,
             jit_compile=hardware.resolve_jit(cfg.train.jit_compile, model, lambda: next(iter(data.train))),
             steps_per_execution=cfg.train.steps_per_execution,
-            make_eval_metrics=lambda: task.make_eval_metrics(cfg, data),
+            make_eval_metrics=lambda: task.make_eval_metrics(cfg, data), schedule=schedule,
         )
     # Outside the scope: the epoch, step and history counters are plain host variables on every worker.
     checkpoints = ckpt.Checkpoints(run_dir / "checkpoints", model, optimizer, cfg.train.keep_checkpoints, chief,
@@ -85,7 +86,22 @@ def _name_changed_keys(run_dir: Path, cfg: RunConfig, error):
                               ". Use the run's own config, or train this one under another `name` (or with --fresh)")
 
 
-def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
+def train(cfg: RunConfig, fresh: bool = False, tags: dict | None = None, on_epoch=None,
+          held_out: bool = True) -> TrainResult:
+    """Trains a run (or resumes its unfinished one), tracks it in MLflow and exports it.
+
+    Args:
+        cfg: the validated run config.
+        fresh: start over even if the run folder holds an unfinished run.
+        tags: MLflow tags set on the run (a sweep's `mlflow.parentRunId`, trial number and parameters).
+        on_epoch: called as `on_epoch(epoch, logs)` after each checkpointed epoch (1-based), restored epochs
+            first; it may raise `training.errors.Stopped` to end the run early (a sweep pruning a trial).
+        held_out: measure the test split at the end; False leaves it unseen (a sweep's trials choose on
+            validation only, and the best trial's config measures test once).
+
+    Returns:
+        The `TrainResult`.
+    """
     import keras
 
     from training import export, hardware, loop, tracking
@@ -100,9 +116,11 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
         state = RunState(run_dir, cfg, fresh, chief)
         if chief:
             export.remove_stale_temp(Path(cfg.export.dir) / cfg.name)  # left by an export that was killed
-        tracker = tracking.Tracker(cfg, enabled=chief)  # fails here, before training, if MLflow is unreachable
+        tracker = tracking.Tracker(cfg, enabled=chief, tags=tags)  # fails here, before training, if MLflow is unreachable
         b = build(cfg, run_dir, strategy, chief)
         task, data, model, steps, checkpoints = b.task, b.data, b.model, b.steps, b.checkpoints
+        if not held_out:
+            data.test = None
         if chief and state.run_id is None:
             state.save("starting")  # the attempt token first: a kill once the MLflow run exists finds it again
 
@@ -125,10 +143,10 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
                 extra = task.epoch_callbacks(cfg, model, data, tracker)
                 history = loop.fit(steps, data, cfg.train, checkpoints,
                                    callbacks=[loop.EpochSummaries(run_dir / "tensorboard"), *extra],
-                                   on_epoch_end=tracker.log_epoch, resume=state.resumed,
-                                   on_restore=tracker.log_history)  # epochs MLflow missed before a kill, first
+                                   on_epoch_end=_then(tracker.log_epoch, on_epoch), resume=state.resumed,
+                                   on_restore=_then(tracker.log_history, on_epoch and _each_epoch(on_epoch)))
             except loop.TrainingDiverged as e:
-                raise UserError(f"{e}; the last checkpoint is kept. Lower train.learning_rate or set train.clipnorm") from None
+                raise Diverged(f"{e}; the last checkpoint is kept. Lower train.learning_rate or set train.clipnorm") from None
             except CheckpointMismatch as e:
                 raise _name_changed_keys(run_dir, cfg, e) from None
 
@@ -156,6 +174,22 @@ def train(cfg: RunConfig, fresh: bool = False) -> TrainResult:
             state.save("finished", export_dir)
     return TrainResult(state.run_id, tracker.uri if tracker.enabled else None, run_dir, export_dir, history,
                        {**test_metrics, **report_metrics}, tracker.run_page())
+
+
+def _then(first, second):
+    """`first(*args)`, then `second(*args)` when there is one."""
+    if second is None:
+        return first
+
+    def both(*args):
+        first(*args)
+        second(*args)
+    return both
+
+
+def _each_epoch(on_epoch):
+    """`on_epoch` over a restored history: `on_epoch(1, history[0])`, `on_epoch(2, history[1])`, ..."""
+    return lambda history: [on_epoch(epoch, logs) for epoch, logs in enumerate(history, start=1)]
 
 
 def export_run(cfg, task, model, data, calibration, run_id, history=(), test_metrics=None) -> Path:

@@ -73,32 +73,66 @@ class FramesData(Section):
         return self
 
 
-class FrameCNNModel(Section):
-    """The frame CNN (`models/frame_cnn.py`): a stack of conv blocks and a classifier head."""
+# The Keras applications `model.backbone` names (`models/backbone.py`, `BACKBONES`), and the smallest frame they take.
+BACKBONE_NAMES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "resnet50_v2", "convnext_tiny")
+BACKBONE_MIN_INPUT_SIZE = 32
+# The `model` keys only `name: backbone` reads (a `frame_cnn` ignores them); the rest, but for `name`, are both's or the CNN's.
+BACKBONE_KEYS = ("backbone", "weights", "freeze_epochs", "fine_tune_lr_scale", "freeze_batch_norm")
 
-    name: Literal["frame_cnn"] = Field("frame_cnn", description="Architecture, a key of `models.MODELS`.")
+
+class FrameCNNModel(Section):
+    """The frame classifier: our conv stack (`frame_cnn`, `models/frame_cnn.py`) or a Keras application (`backbone`, `models/backbone.py`).
+
+    Each key says which of the two it is for (no mark: both); the other's keys are ignored.
+    """
+
+    name: Literal["frame_cnn", "backbone"] = Field(
+        "frame_cnn", description="Architecture, a key of `models.MODELS`: our conv stack, or a Keras application (`model.backbone`)."
+    )
+    backbone: Optional[Literal[BACKBONE_NAMES]] = Field(
+        None, description="`backbone`: the Keras application: MobileNetV3Small/Large, EfficientNetV2B0, ResNet50V2 or ConvNeXtTiny."
+    )
+    weights: Optional[str] = Field(
+        None, description="`backbone`: `imagenet` (Keras downloads them once into ~/.keras/models: needs internet the "
+        "first time), the path of a weights file of that backbone (`.weights.h5` or Keras' downloaded `.h5`), or null: random."
+    )
+    freeze_epochs: int = Field(
+        0, ge=0, description="`backbone`: epochs that train the head only, the backbone frozen (a new head's first gradients "
+        "would undo pretrained features)."
+    )
+    fine_tune_lr_scale: float = Field(
+        1.0, ge=0.0, le=1.0, description="`backbone`: after `freeze_epochs`, the backbone learns at this fraction of the "
+        "learning rate (the head at the full rate); 0 keeps it frozen."
+    )
+    freeze_batch_norm: Optional[bool] = Field(
+        None, description="`backbone`: its batch norm layers stay frozen, stored statistics, scale and offset (Keras' advice "
+        "for fine-tuning); null: true with pretrained `model.weights`, false from random weights."
+    )
     input_size: int = Field(128, ge=8, le=1024, description="The model resizes any input frame to this square size first.")
     filters: list[Annotated[int, Field(ge=1)]] = Field(
-        [32, 64, 128, 256], min_length=1, description="Filters of each conv block; each block ends with pooling."
+        [32, 64, 128, 256], min_length=1, description="`frame_cnn`: filters of each conv block; each block ends with pooling."
     )
     convs_per_block: Union[Annotated[int, Field(ge=1, le=8)], list[Annotated[int, Field(ge=1, le=8)]]] = Field(
-        2, description="Conv layers in each block (VGG-style stacking): one number for all blocks, or one per block."
+        2, description="`frame_cnn`: conv layers in each block (VGG-style stacking): one number for all blocks, or one per block."
     )
-    kernel_size: int = Field(3, ge=1, le=11, description="Square kernel size of every conv.")
-    padding: Literal["same", "valid"] = Field("same", description="Conv padding; `valid` (Keras' default) shrinks each map by kernel_size - 1.")
-    batch_norm: bool = Field(True, description="BatchNormalization after each conv (faster, steadier training).")
+    kernel_size: int = Field(3, ge=1, le=11, description="`frame_cnn`: square kernel size of every conv.")
+    padding: Literal["same", "valid"] = Field(
+        "same", description="`frame_cnn`: conv padding; `valid` (Keras' default) shrinks each map by kernel_size - 1."
+    )
+    batch_norm: bool = Field(True, description="`frame_cnn`: BatchNormalization after each conv (faster, steadier training).")
     batch_norm_momentum: float = Field(
-        0.99, gt=0.0, lt=1.0, description="Momentum of batch-norm statistics; lower adapts faster (few steps per epoch)."
+        0.99, gt=0.0, lt=1.0, description="`frame_cnn`: momentum of batch-norm statistics; lower adapts faster (few steps per epoch)."
     )
     sync_batch_norm: bool = Field(
-        True, description="Batch-norm statistics over the global batch across replicas and workers, so N of them train like one device."
+        True, description="`frame_cnn`: batch-norm statistics over the global batch across replicas and workers, so N of them "
+        "train like one device."
     )
-    pooling: Literal["max", "average"] = Field("max", description="2x2 pooling closing each block.")
+    pooling: Literal["max", "average"] = Field("max", description="`frame_cnn`: 2x2 pooling closing each block.")
     head: Literal["global_average", "flatten"] = Field(
-        "global_average", description="Global average pooling (few parameters) or Flatten (the seed) before the dense layers."
+        "global_average", description="`frame_cnn`: global average pooling (few parameters) or Flatten (the seed) before the dense layers."
     )
-    dense_units: list[Annotated[int, Field(ge=1)]] = Field([], description="Hidden Dense layers (ReLU) of the head.")
-    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout before each dense layer of the head.")
+    dense_units: list[Annotated[int, Field(ge=1)]] = Field([], description="`frame_cnn`: hidden Dense layers (ReLU) of the head.")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout before each dense layer of the head (`backbone`: before the softmax).")
     augment: bool = Field(True, description="Random flip, translation, zoom and contrast, active in training only.")
     augment_translation: float = Field(0.1, ge=0.0, lt=1.0, description="Largest random shift, as a fraction of the frame.")
     augment_zoom: float = Field(0.1, ge=0.0, lt=1.0, description="Largest random zoom in or out, as a fraction.")
@@ -107,6 +141,25 @@ class FrameCNNModel(Section):
         False, description="Inference averages each frame with its mirror image: steadier predictions for 2x inference cost."
     )
 
+    @model_validator(mode="after")
+    def _backbone_needs(self):
+        if self.name == "backbone":
+            if self.backbone is None:
+                raise ValueError("key `model.backbone` is required when `model.name` is `backbone` "
+                                 f"(one of {', '.join(BACKBONE_NAMES)})")
+            if self.input_size < BACKBONE_MIN_INPUT_SIZE:
+                raise ValueError(f"key `model.input_size`: `{self.backbone}` takes frames of at least "
+                                 f"{BACKBONE_MIN_INPUT_SIZE} pixels, got {self.input_size}")
+            if self.weights not in (None, "imagenet") and not self.weights.lower().endswith((".h5", ".hdf5")):
+                raise ValueError(f"key `model.weights`: expected `imagenet`, null or the path of a `.weights.h5` (or Keras' "
+                                 f"`.h5`) file, got {short_repr(self.weights)}")
+        else:
+            # Set without `model.name: backbone` they would be ignored: a frame CNN from scratch, not the backbone meant.
+            for key in ("backbone", "weights"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"key `model.{key}` is for `model.name: backbone` (got `model.name: {self.name}`): "
+                                     f"set model.name=backbone, or leave model.{key} out")
+        return self
 
     @model_validator(mode="after")
     def _one_entry_per_block(self):

@@ -84,12 +84,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> None:
+def _apply_override(data: dict, parts: list[str], value: Any, label: str) -> None:
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {text}: `{'.'.join(parts[: i + 1])}` is a value, not a section")
+            raise ConfigError(f"{label}: `{'.'.join(parts[: i + 1])}` is a value, not a section")
         node = child
     node[parts[-1]] = value
 
@@ -106,7 +106,7 @@ def _clean_loc(loc) -> str:
     return ".".join(str(p) for p in loc if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p)))
 
 
-def _format_validation_error(e: ValidationError, source: str) -> str:
+def format_validation_error(e: ValidationError, source: str) -> str:
     lines, by_key = [], {}
     for err in e.errors():
         by_key.setdefault(_clean_loc(err["loc"]), []).append(err)
@@ -126,13 +126,16 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] = (), values: dict | None = None,
+                source: str | None = None) -> RunConfig:
     """Loads a YAML run config, applies `--set` overrides and validates it.
 
     Args:
         path: the YAML file. A `base:` key names another config (relative to
             this file) whose values this one overrides.
         overrides: `dotted.key=value` strings; values are parsed as YAML.
+        values: `{"dotted.key": value}` applied after `overrides` (a sweep's trial parameters).
+        source: what messages name (default: the file); e.g. the sweep's space file for its values.
 
     Returns:
         The validated `RunConfig`.
@@ -140,12 +143,21 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     Raises:
         ConfigError: with a message naming the file or dotted key and what was expected.
     """
+    return validate(given_values(path, overrides, values, source), source or str(path))
+
+
+def given_values(path: str | Path, overrides: list[str] = (), values: dict | None = None,
+                 source: str | None = None) -> dict:
+    """What a config file (with its `base:` chain), `--set` overrides and `values` say, before the schema adds its
+    defaults: `load_config` without validation (a sweep's study is made from these, not from a version's defaults)."""
     path = Path(path)
     data = _read_yaml_file(path)
     for text in overrides:
         parts, value = parse_override(text)
-        _apply_override(data, parts, value, text)
-    return validate(data, str(path))
+        _apply_override(data, parts, value, f"--set {text}")
+    for key, value in (values or {}).items():
+        _apply_override(data, key.split("."), value, f"{source or path}: key `{key}`")
+    return data
 
 
 def validate(data: dict, source: str = "config") -> RunConfig:
@@ -158,4 +170,4 @@ def validate(data: dict, source: str = "config") -> RunConfig:
     try:
         return RUN_CONFIGS[task].model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source)) from None

@@ -1,10 +1,11 @@
-"""The recommender's schema: `data` (the viewing log, its columns, split and sampling) and `model` (NCF)."""
+"""The recommender's schema: `data` (the viewing log, its columns, split and sampling), `model` (NCF) and `report`
+(the baselines fitted beside it)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from training.config.sections import RunConfig, Section
 
@@ -93,9 +94,10 @@ class RecommenderData(Section):
 class NCFModel(Section):
     """Neural collaborative filtering (`models/ncf.py`): GMF, MLP, NeuMF, or the seed's collaborative filter."""
 
-    name: Literal["neumf", "gmf", "mlp", "seed_cf"] = Field(
-        "neumf", description="`neumf` fuses `gmf` (embedding product) and `mlp` (embeddings through a tower); `seed_cf`: "
-        "user one-hot -> Dense ReLU -> Dense sigmoid over every item."
+    name: Literal["neumf", "gmf", "mlp", "mf", "seed_cf"] = Field(
+        "neumf", description="`neumf` fuses `gmf` (embedding product) and `mlp` (embeddings through a tower); `mf`: "
+        "biased matrix factorisation (dot product + user, item and global biases); `seed_cf`: user one-hot -> Dense "
+        "ReLU -> Dense sigmoid over every item."
     )
     factors: int = Field(8, ge=1, description="GMF embedding size (the predictive factors of the NCF paper).")
     mlp_layers: list[Annotated[int, Field(ge=1)]] = Field(
@@ -123,9 +125,46 @@ class NCFModel(Section):
         return self
 
 
+class RecommenderReport(Section):
+    """The baselines fitted on the model's training interactions and ranked on its validation and test candidates."""
+
+    baselines: list[Literal["toppop", "als", "bpr"]] = Field(
+        ["toppop", "als", "bpr"], description="`toppop`: items by training popularity; `als`: implicit-feedback matrix "
+        "factorisation (the `implicit` library, grid chosen on validation); `bpr`: Bayesian personalised ranking. "
+        "Metrics `val_`/`test_` + `toppop_`, `als_`, `bpr_` + `hr_at_K`, `ndcg_at_K`."
+    )
+    als_factors: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        [16, 32, 64], min_length=1, description="ALS grid: latent factors to try (chosen with the others on validation "
+        "HR@10; the first value of each list when there is no validation, `data.train_on_validation`)."
+    )
+    als_regularization: list[Annotated[float, Field(ge=0.0)]] = Field(
+        [1.0, 10.0], min_length=1, description="ALS grid: L2 penalty on the factors, to try."
+    )
+    als_alpha: list[Annotated[float, Field(gt=0.0)]] = Field(
+        [1.0, 10.0], min_length=1, description="ALS grid: confidence scaling, to try: an interaction of weight w "
+        "(`train_weights`, mean 1) has confidence alpha * w against 1 for an unobserved one."
+    )
+    als_iterations: int = Field(15, ge=1, le=1000, description="ALS sweeps (users, then items) per grid point.")
+    bpr_factors: int = Field(64, ge=1, le=1024, description="BPR latent factors (plus an item bias).")
+    bpr_learning_rate: float = Field(0.05, gt=0.0, le=10.0, description="BPR SGD learning rate.")
+    bpr_regularization: float = Field(0.01, ge=0.0, description="BPR L2 penalty on the factors.")
+    bpr_iterations: int = Field(
+        100, ge=1, le=10000, description="BPR epochs: passes of sampled (user, positive, negative) triples, as many as "
+        "training interactions."
+    )
+
+    @field_validator("baselines")
+    @classmethod
+    def _each_once(cls, names):
+        if len(set(names)) != len(names):
+            raise ValueError(f"got {names}: expected each baseline at most once")
+        return names
+
+
 class RecommenderRun(RunConfig):
     """A recommender run (`task: recommender`): neural collaborative filtering on implicit feedback."""
 
     task: Literal["recommender"] = Field("recommender", description="Recommend items to users from their interactions.")
     data: RecommenderData = Field(default_factory=RecommenderData, description="Input data.")
     model: NCFModel = Field(default_factory=NCFModel, description="Architecture.")
+    report: RecommenderReport = Field(default_factory=RecommenderReport, description="Baselines beside the model.")

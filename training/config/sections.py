@@ -78,6 +78,11 @@ class Train(Section):
         "validation metric: test data never chooses)."
     )
     monitor_mode: Literal["min", "max"] = Field("min", description="Whether a lower (`min`, losses) or higher (`max`, hit rates) `monitor` is better.")
+    max_minutes: Optional[float] = Field(
+        None, gt=0.0, description="Training time budget in minutes (a resumed run counts the time already spent): the "
+        "epochs that fit are planned from the measured epoch time after the first epoch, the cosine schedule ends with "
+        "them, and training stops there; the best (or last) epoch is evaluated and exported. Unset: `train.epochs` alone."
+    )
     early_stopping_patience: Optional[int] = Field(
         None, ge=1, description="Stop after this many epochs without a better `train.monitor` (unset: never)."
     )

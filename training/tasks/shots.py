@@ -13,6 +13,7 @@ not every frame.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from pathlib import Path
 
@@ -78,6 +79,23 @@ class _Sampler:
         self.kept: list[tuple[int, np.ndarray]] = []  # (frame index, BGR frame), ascending
         self.every, self.start = 1, 0  # keep every `every`-th frame counted from the open shot's `start`
         self.shots: list[Shot] = []
+        # Decoded, not yet reached by the detector: PySceneDetect decodes in a thread of its own, up to a few frames
+        # ahead. They are thinned in only when the detector reaches them, so which frames a shot keeps does not
+        # depend on how far ahead the decoder happened to be.
+        self.pending: list[tuple[int, np.ndarray]] = []
+
+    def decoded(self, index: int, frame: np.ndarray) -> None:
+        """A frame the decoding thread read (not yet seen by the detector)."""
+        with self.lock:
+            self.pending.append((index, frame))
+
+    def advance(self, upto: float) -> None:
+        """The detector reached frame `upto`: the frames decoded up to it are thinned in, in order."""
+        with self.lock:
+            ready = [p for p in self.pending if p[0] <= upto]
+            self.pending = [p for p in self.pending if p[0] > upto]
+        for index, frame in ready:
+            self.add(index, frame)
 
     def add(self, index: int, frame: np.ndarray) -> None:
         with self.lock:
@@ -134,25 +152,27 @@ def detect_shots(path: Path, run_pixels, *, detector, frames_per_shot: int):
         def read(self, decode: bool = True):
             frame = super().read(decode)
             if decode and frame is not False:
-                sampler.add(self.frame_number - 1, frame)
+                sampler.decoded(self.frame_number - 1, frame)
                 tick(path, self.frame_number, total)
             return frame
 
-    def reporting(method):  # the detector's cuts, told to the sampler as the detector finds them
+    def reporting(method, reached):  # the detector's cuts, told to the sampler as the detector finds them
         def wrapped(*args):
+            sampler.advance(reached(*args))
             cuts = method(*args)
             for cut in cuts:
                 sampler.cut(cut.frame_num)
             return cuts
         return wrapped
 
-    detector.process_frame = reporting(detector.process_frame)
-    detector.post_process = reporting(detector.post_process)
+    detector.process_frame = reporting(detector.process_frame, lambda timecode, *_: timecode.frame_num)
+    detector.post_process = reporting(detector.post_process, lambda *_: math.inf)
     manager = SceneManager()
     manager.add_detector(detector)
     stream = Tap(str(path), suppress_output=True)
     total = stream.duration.frame_num if stream.duration is not None else 0  # for the progress bar only
     manager.detect_scenes(stream)
+    sampler.advance(math.inf)
     sampler.cut(stream.frame_number)  # the last shot ends with the video
     found = [(s.start, s.end) for s in sampler.shots]
     expected = [(a.frame_num, b.frame_num) for a, b in manager.get_scene_list(start_in_scene=True)]

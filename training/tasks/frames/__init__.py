@@ -2,7 +2,8 @@
 
 - `data.py`: class-per-folder images, tfds or generated sample frames -> cached, shuffled,
   batched `tf.data` of `(float32 pixels in [0, 255], int32 label)`;
-- `model.py`: the classifier, per-example cross-entropy, accuracy;
+- `model.py`: the classifier (our CNN, or a Keras application whose weights are checked before
+  training), per-example cross-entropy, accuracy; a backbone's freeze-then-fine-tune schedule;
 - `serving.py`: the signatures (encoded JPEG/PNG bytes or decoded pixels in, labels out), `reelml.json`;
 - `report.py`: per-class accuracy and the confusion matrix;
 - `predict.py`: `reelml predict` over image files, folders and videos;
@@ -31,6 +32,7 @@ class FramesTask(Task):
     build_model = staticmethod(model.build_model)
     make_loss = staticmethod(model.make_loss)
     make_metrics = staticmethod(model.make_metrics)
+    epoch_callbacks = staticmethod(model.epoch_callbacks)  # model.py: a backbone frozen, then fine-tuned
 
     report = staticmethod(reporting.report)
 

@@ -8,12 +8,12 @@ import numpy as np
 def report(cfg, model, data, calibration=None):
     """Test metrics beyond the loop's: per-class accuracy and a confusion matrix figure.
 
-    Uses the test split, else the validation split; neither: nothing.
+    Uses the test split, else the validation split (then the metrics are `val_accuracy_<class>`); neither: nothing.
 
     Returns:
         `({"test_accuracy_<class>": float}, {"confusion_matrix.png": figure})`.
     """
-    ds = data.test if data.test is not None else data.validation
+    ds, split = (data.test, "test") if data.test is not None else (data.validation, "val")
     if ds is None:
         return {}, {}
     y_true = np.concatenate([y.numpy() for _, y in ds])
@@ -22,16 +22,18 @@ def report(cfg, model, data, calibration=None):
     confusion = np.zeros((n, n), np.int64)
     np.add.at(confusion, (y_true, y_pred), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-    metrics = {f"test_accuracy_{name}": float(acc) for name, acc in zip(data.class_names, per_class)}
-    return metrics, {"confusion_matrix.png": confusion_figure(confusion, data.class_names)}
+    metrics = {f"{split}_accuracy_{name}": float(acc) for name, acc in zip(data.class_names, per_class)}
+    figure = confusion_figure(confusion, data.class_names, "test" if split == "test" else "validation")
+    return metrics, {"confusion_matrix.png": figure}
 
 
-def confusion_figure(confusion, class_names):
+def confusion_figure(confusion, class_names, split="test"):
     """A matplotlib figure of a confusion matrix (rows: true class, columns: predicted), counts in the cells.
 
     Args:
         confusion: int array `[classes, classes]`.
         class_names: the axis labels.
+        split: what the frames are, for the title (`test`, `validation`).
 
     Returns:
         The figure.
@@ -53,6 +55,6 @@ def confusion_figure(confusion, class_names):
             color = "white" if confusion[i, j] > confusion.max() / 2 else "black"
             ax.text(j, i, int(confusion[i, j]), ha="center", va="center", color=color, fontsize=8)
     accuracy = confusion.trace() / max(confusion.sum(), 1)
-    ax.set_title(f"test accuracy {accuracy:.3f} ({confusion.sum()} frames)")
+    ax.set_title(f"{split} accuracy {accuracy:.3f} ({confusion.sum()} frames)")
     fig.tight_layout()
     return fig

@@ -12,6 +12,7 @@ from training.tasks.recommender.pretrain import load_pretrained
 # (`num_users`, `num_items`), `l2` (`train.l2`) and `seed` (the run's); each builder refuses any other keyword.
 BUILDER_KEYS = {
     "gmf": ("factors", "embedding_l2"),
+    "mf": ("factors", "embedding_l2"),
     "mlp": ("mlp_layers", "embedding_l2"),
     "neumf": ("factors", "mlp_layers", "embedding_l2"),
     "seed_cf": ("mlp_layers",),
