@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -136,6 +137,21 @@ def serve_mlflow(root: Path) -> tuple[subprocess.Popen, str]:
         except RuntimeError:
             if attempt == 2:
                 raise
+
+
+def classify_without_reelml(export_dir: Path, pixels: np.ndarray, scratch: Path) -> np.ndarray:
+    """The export's `classify_pixels` probabilities for uint8 `pixels`, from a fresh `python -I` process that
+    cannot import reelml."""
+    np.save(scratch / "pixels.npy", pixels.astype(np.uint8))
+    script = WITHOUT_REELML + f"""import numpy as np, tensorflow as tf
+loaded = tf.saved_model.load({str(export_dir)!r})
+out = loaded.signatures['classify_pixels'](pixels=tf.constant(np.load({str(scratch / 'pixels.npy')!r})))
+print(json.dumps(out['probabilities'].numpy().tolist()))
+"""
+    proc = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
+                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return np.asarray(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def train_export(workdir: Path, config: str, overrides=()) -> Path:

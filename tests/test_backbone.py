@@ -3,9 +3,6 @@ scale, weights from a file, an export that reloads without reelml, and `imagenet
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import types
 import typing
 
@@ -21,7 +18,7 @@ from training.config import load_config
 from training.config.frames import BACKBONE_KEYS, BACKBONE_MIN_INPUT_SIZE, FrameCNNModel
 from training.errors import UserError
 
-from conftest import CONFIGS, WITHOUT_REELML, run_cli, smoke_overrides
+from conftest import CONFIGS, classify_without_reelml, run_cli, smoke_overrides
 
 # What each family's first layer must see, from [0, 255] pixels: Keras' documented preprocessing.
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -275,16 +272,8 @@ def test_backbone_from_a_weights_file_freezes_then_fine_tunes_and_exports(sample
     model = recorded[0].classifier
     pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
     want = keras.ops.convert_to_numpy(model(pixels.astype("float32"), training=False))
-    np.save(workdir / "pixels.npy", pixels)
-    script = WITHOUT_REELML + f"""import numpy as np, tensorflow as tf
-loaded = tf.saved_model.load({str(result.export_dir)!r})
-out = loaded.signatures['classify_pixels'](pixels=tf.constant(np.load({str(workdir / 'pixels.npy')!r})))
-print(json.dumps(out['probabilities'].numpy().tolist()))
-"""
-    proc = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
-                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    np.testing.assert_allclose(np.asarray(json.loads(proc.stdout.strip().splitlines()[-1])), want, rtol=1e-4, atol=1e-5)
+    got = classify_without_reelml(result.export_dir, pixels, workdir)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_a_resumed_run_ends_as_an_uninterrupted_one(sample_frames, workdir, recorded):

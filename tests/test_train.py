@@ -15,7 +15,7 @@ from training.config import load_config
 from training.errors import UserError
 from training.train import train
 
-from conftest import CONFIGS, WITHOUT_REELML, smoke_overrides, write_jpeg_folders
+from conftest import CONFIGS, classify_without_reelml, smoke_overrides, write_jpeg_folders
 
 SMOKE_CONFIGS = sorted((CONFIGS / "smoke").rglob("*.yaml"))
 
@@ -80,16 +80,8 @@ def test_export_reloads_without_reelml_and_matches_the_checkpoint(sample_frames,
     _, data, model, _, _, _ = _restore(cfg)
     pixels = next(iter(data.test))[0].numpy()
     want = np.asarray(model(pixels, training=False))
-    np.save(workdir / "pixels.npy", pixels.astype(np.uint8))
-    script = WITHOUT_REELML + f"""import numpy as np, tensorflow as tf
-loaded = tf.saved_model.load({str(result.export_dir)!r})
-out = loaded.signatures['classify_pixels'](pixels=tf.constant(np.load({str(workdir / 'pixels.npy')!r})))
-print(json.dumps(out['probabilities'].numpy().tolist()))
-"""
-    proc = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
-                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    np.testing.assert_allclose(np.asarray(json.loads(proc.stdout.strip().splitlines()[-1])), want, rtol=1e-4, atol=1e-5)
+    got = classify_without_reelml(result.export_dir, pixels, workdir)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_export_check_catches_a_mismatch(sample_frames, workdir):

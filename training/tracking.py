@@ -65,9 +65,16 @@ def open_experiment(name: str):
     (not a GenAI experiment)."""
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     experiment = mlflow.set_experiment(name)
     if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        client = mlflow.MlflowClient()
+        try:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        except MlflowException:  # two processes tagging a new experiment at once: the store refuses the second insert
+            if client.get_experiment(experiment.experiment_id).tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+                raise
     return experiment
 
 

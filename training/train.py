@@ -59,8 +59,9 @@ def build(cfg: RunConfig, run_dir: Path, strategy, chief: bool = True) -> Built:
     data = task.load_data(cfg, run_dir)
     with strategy.scope():
         model = task.build_model(cfg, data)
-        schedule = loop.make_schedule(cfg.train, loop.epoch_steps(data, cfg.train))
-        optimizer = loop.make_optimizer(cfg.train, loop.epoch_steps(data, cfg.train), precision, schedule)
+        steps_per_epoch = loop.epoch_steps(data, cfg.train)
+        schedule = loop.make_schedule(cfg.train, steps_per_epoch)
+        optimizer = loop.make_optimizer(cfg.train, steps_per_epoch, precision, schedule)
         optimizer.build(model.trainable_variables)
         steps = loop.Loop(
             model, optimizer, task.make_loss(cfg, data), lambda: task.make_metrics(cfg, data), strategy,
