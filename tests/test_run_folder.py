@@ -353,6 +353,27 @@ def test_run_lock_in_process(holder, tmp_path):
         pass
 
 
+def test_a_process_that_loses_the_lock_by_an_instant_still_names_the_holder(tmp_path):
+    """The holder writes its line just after `flock` succeeds: a loser that reads the file in between waits for it."""
+    import fcntl
+    import threading
+
+    from training.run_dir import LOCK_FILE, RunLock
+
+    (tmp_path / "run").mkdir()
+    fd = os.open(tmp_path / "run" / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, its line not written yet
+    late = threading.Timer(0.3, os.write, (fd, b"process 4242 on host (`reelml train` since now)"))
+    late.start()
+    try:
+        with pytest.raises(UserError, match=r"in use by process 4242 on host \(`reelml train` since now\)"):
+            with RunLock(tmp_path / "run", "export"):
+                pass
+    finally:
+        late.join()
+        os.close(fd)
+
+
 def test_a_tracking_uri_from_the_environment_with_a_bad_scheme_exits_2(sample_frames, workdir):
     result = run_cli("train", SMOKE, "--set", f"data.sample_dir={sample_frames.parent}", cwd=workdir,
                      env={"MLFLOW_TRACKING_URI": "ftp://user:secret@host/x"})

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class RunLock:
             # flock: per open file, released when the process dies; NFS clients emulate it with POSIX locks.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 1000).decode(errors="replace").strip() or "another process"
+            holder = _holder(fd)
             os.close(fd)
             raise UserError(
                 f"{self.run_dir}: in use by {holder}; one process at a time trains, evaluates or exports a run. "
@@ -68,6 +69,21 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
+
+
+def _holder(fd: int, wait_s: float = 2.0) -> str:
+    """Who holds the lock, as its holder wrote it just after taking it.
+
+    The holder writes its line a moment after `flock` succeeds, so a process that
+    loses a race started at the same instant can find the file still empty: it
+    waits for the line (a short while), then falls back to "another process".
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = os.pread(fd, 1000, 0).decode(errors="replace").strip()
+        if text.endswith(")") or time.monotonic() > deadline:
+            return text or "another process"
+        time.sleep(0.02)
 
 
 def read_state(run_dir: Path) -> dict | None:
