@@ -13,8 +13,12 @@ are plain Keras ops: a GRU or LSTM stepped this way never takes the cuDNN-only
 path that Keras picks for whole sequences on a GPU, so an export traced on a GPU
 machine still loads on CPU.
 
+Stateful training (truncated backpropagation through time with the state
+carried across windows) runs the same layers through `stream_model`, which
+takes the recurrent states in and gives them back out.
+
 Layer names (`embedding`, `rnn_0`, `rnn_1`, ..., `logits`) are part of the
-contract: `advance` and `next_logits` find the layers by them.
+contract: `advance`, `next_logits` and `stream_model` find the layers by them.
 """
 
 from __future__ import annotations
@@ -62,11 +66,12 @@ def build_dialogue_rnn(vocab_size, cell="simple_rnn", units=(512,), embedding_di
         if dropout and i > 0:
             x = layers.Dropout(dropout, seed=offset(100 + i), name=f"dropout_{i}")(x)
         options = {"activation": activation} if cell == "simple_rnn" else {}
+        # return_state: `stream_model` reads the final states of the same layer; this graph keeps the sequence.
         x = RNN_LAYERS[cell](
-            n, return_sequences=True, name=f"rnn_{i}", kernel_regularizer=regularizer,
+            n, return_sequences=True, return_state=True, name=f"rnn_{i}", kernel_regularizer=regularizer,
             kernel_initializer=keras.initializers.GlorotUniform(seed=offset(1 + 2 * i)),
             recurrent_initializer=keras.initializers.Orthogonal(seed=offset(2 + 2 * i)), **options,
-        )(x)
+        )(x)[0]
     if dropout:
         x = layers.Dropout(dropout, seed=offset(100), name="dropout_out")(x)
     # float32 logits under mixed precision: the softmax over the vocabulary needs the range.
@@ -80,13 +85,49 @@ def recurrent_layers(model) -> list:
     return [layer for layer in model.layers if layer.name.startswith("rnn_")]
 
 
+def state_sizes(model) -> list:
+    """The size of each recurrent state, one list per layer (LSTM: [h, c]; others: [h])."""
+    sizes = []
+    for layer in recurrent_layers(model):
+        size = layer.cell.state_size
+        sizes.append(list(size) if isinstance(size, (list, tuple)) else [size])
+    return sizes
+
+
 def initial_states(model, batch_size) -> list:
     """Zero recurrent states for `batch_size` sequences: one list per layer (LSTM: [h, c]; others: [h])."""
-    states = []
-    for layer in recurrent_layers(model):
-        sizes = layer.cell.state_size if isinstance(layer.cell.state_size, (list, tuple)) else [layer.cell.state_size]
-        states.append([ops.zeros((batch_size, size), dtype=layer.cell.compute_dtype) for size in sizes])
-    return states
+    return [[ops.zeros((batch_size, size), dtype=layer.cell.compute_dtype) for size in sizes]
+            for layer, sizes in zip(recurrent_layers(model), state_sizes(model))]
+
+
+def stream_model(model) -> keras.Model:
+    """The same layers, with the recurrent states as inputs and outputs: for carrying them across windows.
+
+    Args:
+        model: a model built by `build_dialogue_rnn`.
+
+    Returns:
+        A `keras.Model` from `[tokens [B, T], *states]` to `[logits [B, T, V], *states]`, the states flattened
+        bottom layer first, as `state_sizes` lists them. Its weights are the model's own.
+    """
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    # In the layer's compute dtype (float16 under mixed precision), as its cell keeps them.
+    inputs = [[keras.Input((size,), dtype=layer.cell.compute_dtype, name=f"{layer.name}_state_{j}")
+               for j, size in enumerate(sizes)]
+              for layer, sizes in zip(recurrent_layers(model), state_sizes(model))]
+    names = {layer.name for layer in model.layers}
+    x = model.get_layer("embedding")(tokens)
+    outputs = []
+    for i, (layer, states) in enumerate(zip(recurrent_layers(model), inputs)):
+        if f"dropout_{i}" in names:
+            x = model.get_layer(f"dropout_{i}")(x)
+        x, *final = layer(x, initial_state=states)
+        outputs += final
+    if "dropout_out" in names:
+        x = model.get_layer("dropout_out")(x)
+    logits = model.get_layer("logits")(x)
+    flat = [state for states in inputs for state in states]
+    return keras.Model([tokens, *flat], [logits, *outputs], name=f"{model.name}_streams")
 
 
 def advance(model, tokens, states):

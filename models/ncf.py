@@ -65,9 +65,10 @@ def _mlp_vector(user, item, num_users, num_items, mlp_layers, l2, dense_l2, seed
 
 def _prediction(x, dense_l2):
     # float32 output under mixed precision: probabilities near 0 and 1 matter for ranking.
-    p = layers.Dense(1, activation="sigmoid", kernel_initializer="lecun_uniform", name="prediction", dtype="float32",
-                     kernel_regularizer=keras.regularizers.L2(dense_l2) if dense_l2 else None)(x)
-    return ops.squeeze(p, -1)
+    # The sigmoid comes last, so a loss can read its logits (Keras does, for binary cross-entropy).
+    logit = layers.Dense(1, kernel_initializer="lecun_uniform", name="prediction", dtype="float32",
+                         kernel_regularizer=keras.regularizers.L2(dense_l2) if dense_l2 else None)(x)
+    return layers.Activation("sigmoid", dtype="float32", name="probability")(ops.squeeze(logit, -1))
 
 
 def build_gmf(num_users, num_items, factors=8, embedding_l2=0.0, l2=0.0, seed=None):

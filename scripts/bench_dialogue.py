@@ -39,6 +39,7 @@ from models import MODELS  # noqa: E402
 from training import export, loop  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.tasks.dialogue import TASK  # noqa: E402
+from training.tasks.dialogue.model import language_model  # noqa: E402
 from training.tasks.dialogue.tokens import tokenize  # noqa: E402
 
 
@@ -94,9 +95,12 @@ def train_side_by_side(args, cfg, data, ours, strategy, steps, tokens_per_step, 
         steps_fn.train_epoch(data.train, steps, callbacks)
         return time.perf_counter() - t
 
+    # The same batches; a stateful run's carry `{"tokens", "reset"}`, of which the plain model reads the tokens.
+    plain_batches = data.train.map(lambda x, y: (x["tokens"], y)) if cfg.data.stateful else data.train
+
     def plain_chunk():
         t = time.perf_counter()
-        plain.fit(data.train.take(steps), epochs=1, verbose=0)
+        plain.fit(plain_batches.take(steps), epochs=1, verbose=0)
         return time.perf_counter() - t
 
     ours_chunk(), plain_chunk()  # warm-up: tracing, the first pass of the pipeline
@@ -117,6 +121,7 @@ def generation_side_by_side(args, cfg, data, ours, workdir, results):
     """(b) generating `--tokens` tokens at batch 1: the loaded SavedModel vs model.predict once per token."""
     d = cfg.data
     served, endpoints = TASK.serving_endpoints(cfg, ours, data, None)
+    ours = language_model(ours)  # a stateful run's plain model: tokens in, logits out
     export_dir = export.export(served, endpoints, workdir / "exports", {"task": "dialogue"}, cfg.to_yaml(), None)
     generate = tf.saved_model.load(str(export_dir)).signatures["generate"]
     prompt = "ROMEO:" if d.level == "char" else "romeo:"

@@ -1,6 +1,7 @@
 """A recommender recipe against TopPop, ALS and BPR in the same runs, over several seeds, on MovieLens 100K.
 
-    python scripts/recommender_protocol.py [--config configs/recommender_ml100k_mf.yaml] [--seeds 1 2 3]
+    python scripts/recommender_protocol.py [--config configs/recommender.yaml] [--seeds 1 2 3]
+                                           [--data ../shared/data/movielens_100k/u.data | --data config]
                                            [--set key=value ...] [--workdir /tmp/reelml-protocol]
 
 For each seed (which also draws the split: each user's latest rating for test, the one before for
@@ -79,13 +80,19 @@ def mean_std(values):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/recommender_ml100k_mf.yaml")
+    parser.add_argument("--config", default="configs/recommender.yaml")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "movielens_100k" / "u.data"),
+                        help="the interactions file (`data.path`); 'config' keeps the config's own data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--workdir", default="/tmp/reelml-protocol")
     parser.add_argument("--json")
     args = parser.parse_args()
 
+    if args.data != "config":
+        if not Path(args.data).exists():
+            sys.exit(f"--data {args.data}: file not found (MovieLens 100K's u.data; or --data config)")
+        args.overrides = [f"data.path={Path(args.data).resolve()}", "data.source=file", *args.overrides]
     per_seed = {}
     for seed in args.seeds:
         workdir = Path(args.workdir) / f"seed-{seed}"

@@ -98,6 +98,114 @@ def test_training_windows_are_next_tokens_and_change_every_epoch():
     set_epoch(0)
 
 
+def test_stateful_streams_continue_row_by_row_and_reset_at_each_epochs_start():
+    from training.epochs import set_epoch
+    from training.tasks.dialogue.data import stream_dataset
+
+    ids = np.arange(1, 1001, dtype=np.int32)
+    ds, steps = stream_dataset(ids, seq_len=10, rows=4, seed=3)
+    assert steps == (1000 - 1 - 10) // 4 // 10
+    firsts = []
+    for epoch in (0, 1, 0):
+        set_epoch(epoch)
+        batches = [(x["tokens"].numpy(), x["reset"].numpy(), y.numpy()) for x, y in ds]
+        assert len(batches) == steps
+        for j, (tokens, reset, targets) in enumerate(batches):
+            np.testing.assert_array_equal(targets, tokens + 1)
+            assert reset.tolist() == [j == 0] * 4
+            if j:  # each row goes on where the same row of the batch before stopped
+                np.testing.assert_array_equal(tokens[:, 0], batches[j - 1][0][:, -1] + 1)
+        streams = np.stack([b[0] for b in batches], 1).reshape(4, -1)
+        assert len(np.unique(streams)) == streams.size  # no token read twice in an epoch
+        firsts.append(batches[0][0][:, 0])
+    assert not np.array_equal(firsts[0], firsts[1]) and np.array_equal(firsts[0], firsts[2])  # a new offset per epoch
+    set_epoch(0)
+    validation, val_steps = stream_dataset(ids[:203], seq_len=10, rows=4, seed=None)
+    first = next(iter(validation))[0]
+    assert val_steps == 5 and first["tokens"][:, 0].numpy().tolist() == [1, 51, 101, 151]  # from the start, no offset
+
+
+@pytest.mark.parametrize("cell", ["simple_rnn", "gru", "lstm"])
+def test_a_stateful_model_reads_a_text_in_windows_as_the_plain_model_reads_it_whole(cell):
+    from training.tasks.dialogue.model import Streams
+
+    lm = build_dialogue_rnn(20, cell=cell, units=[8, 6], embedding_dim=4, seed=1)
+    streams = Streams(lm, rows=3)
+    x = np.random.default_rng(0).integers(0, 20, (3, 12)).astype(np.int32)
+    whole = np.asarray(lm(x))
+    windows = [np.asarray(streams({"tokens": x[:, t:t + 4], "reset": np.full(3, t == 0)})) for t in (0, 4, 8)]
+    np.testing.assert_allclose(np.concatenate(windows, 1), whole, rtol=1e-5, atol=1e-6)
+    again = np.asarray(streams({"tokens": x[:, :4], "reset": np.ones(3, bool)}))  # reset: from a zero state again
+    np.testing.assert_allclose(again, whole[:, :4], rtol=1e-5, atol=1e-6)
+    # The same weights, once; the per-replica states are neither weights nor checkpointed.
+    assert [v.path for v in streams.variables] == [v.path for v in lm.variables]
+    assert len(streams.trainable_variables) == len(lm.trainable_variables)
+
+
+def _final_weights(workdir):
+    """Every float in the last checkpoint: the weights (the wrapper puts them under `optimizer/`), Adam's moments."""
+    reader = tf.train.load_checkpoint(str(workdir / "runs" / "dialogue-smoke" / "checkpoints" / "last"))
+    dtypes = reader.get_variable_to_dtype_map()
+    return {k: reader.get_tensor(k) for k in dtypes if dtypes[k].is_floating and not k.startswith("metrics/")}
+
+
+def _epoch_losses(workdir):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+            for key in ("loss", "val_loss")}
+
+
+def test_a_stateful_run_killed_mid_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    """SIGKILL (no warning, no checkpoint of its own) during epoch 3: the same command goes on from epoch 2's
+    checkpoint, every stream starting that epoch from a zero state as it would have, and ends where a run that
+    was never stopped ends."""
+    import os
+    import signal
+
+    command = [sys.executable, "-m", "training.cli", "train", str(SMOKE), "--set", "data.stateful=true",
+               "--set", "train.epochs=4", "--set", "train.max_steps_per_epoch=6", "--set", "samples.prompts=[]"]
+    no_export = ["--set", "export.enabled=false"]  # the runs compared by their checkpoints
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        folder.mkdir()
+    done = subprocess.run(command, cwd=whole, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The export holds the plain model (verified without reelml); the run reports both validation losses.
+    assert re.search(r"^val_window_loss: \d", done.stdout, re.M), done.stdout[-2000:]
+    # The report's stream reading of the validation text is the one the run validated with, on its kept epoch.
+    stream = float(re.search(r"^val_stream_loss: ([\d.]+)", done.stdout, re.M).group(1))
+    assert stream == pytest.approx(min(_epoch_losses(whole)["val_loss"]), abs=2e-4)  # printed to 4 places
+    assert export_lib.versions(whole / "exports" / "dialogue-smoke") == [1]
+
+    proc = subprocess.Popen(command + no_export, cwd=killed, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen = []
+    for line in iter(proc.stdout.readline, ""):
+        seen.append(line)
+        if line.startswith("Epoch 3/4"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    resumed = subprocess.run(command + no_export, cwd=killed, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout
+
+    reference, weights = _final_weights(whole), _final_weights(killed)
+    assert reference.keys() == weights.keys() and reference
+    for key, value in reference.items():
+        np.testing.assert_allclose(weights[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    losses, reference_losses = _epoch_losses(killed), _epoch_losses(whole)
+    for key in ("loss", "val_loss"):  # one value per epoch, none missing or twice, the same as never stopped
+        assert losses[key] == pytest.approx(reference_losses[key], rel=1e-5), key
+
+
 # --------------------------------------------------------------------------- input formats
 
 

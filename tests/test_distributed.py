@@ -33,7 +33,7 @@ CLI = [sys.executable, "-m", "training.cli"]
 # compared; everything else (sharding, gradient and batch-norm all-reduce, loss scaling, metrics) is compared.
 NO_RANDOM_LAYERS = {
     "frames": ["model.dropout=0", "model.augment=false"],
-    "recommender": [],
+    "recommender": ["train.jit_compile=on"],  # the default's XLA, across workers (no CPU collectives inside it)
     "dialogue": ["model.dropout=0"],
     "autoencoder": ["model.noise_stddev=0", "data.random_flip=false", "data.random_shift=0", "data.random_zoom=0"],
 }

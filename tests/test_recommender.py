@@ -305,6 +305,46 @@ def test_model_parameter_counts_and_shapes():
         assert tuple(ncf.item_embeddings(model).shape)[0] == items
 
 
+@pytest.mark.parametrize("name", ["mf", "gmf", "mlp", "neumf", "seed_cf"])
+def test_the_softmax_loss_reads_each_models_logits_even_where_the_sigmoid_saturates(name):
+    """`model.loss: softmax` is one cross-entropy per row over its candidates, from the logits behind the sigmoid."""
+    import types
+
+    from models import MODELS
+    from training.tasks.recommender.model import BUILDER_KEYS, make_loss
+
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(loss="softmax"))
+    keys = {"factors": 4, "mlp_layers": [8, 4], "embedding_l2": 0.0}
+    model = MODELS[name](num_users=5, num_items=9, l2=0.0, seed=1, **{k: keys[k] for k in BUILDER_KEYS[name]})
+    x = {"user": tf.constant([1, 3]), "item": tf.constant([[0, 4, 7], [2, 5, 8]])}
+    relevance = tf.constant([[1.0, 0, 0], [2.0, 0, 0]])  # the second row's positive weighs 2
+
+    @tf.function
+    def loss_and_probabilities():
+        p = model(x, training=True)
+        return make_loss(cfg, None)(relevance, p), p
+
+    loss, p = (t.numpy() for t in loss_and_probabilities())
+    logits = np.log(p) - np.log1p(-p)
+    expected = -(logits[:, 0] - np.log(np.exp(logits).sum(-1))) * np.array([1.0, 2.0])
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
+    if name != "seed_cf":  # the seed's model gathers its scores after the sigmoid: log-odds of the clipped output
+        # A logit far past the sigmoid's float32 range: the loss still sees it (the probability reads 1.0).
+        model.get_layer("global_bias" if name == "mf" else "prediction").bias.assign(
+            tf.fill(model.get_layer("global_bias" if name == "mf" else "prediction").bias.shape, 40.0))
+        loss, p = (t.numpy() for t in loss_and_probabilities())
+        assert (p == 1.0).all()
+        np.testing.assert_allclose(loss, expected, rtol=1e-3)  # a shift of every logit leaves a softmax unchanged
+
+
+def test_the_data_source_follows_what_is_given():
+    default = CONFIGS / "recommender.yaml"
+    assert load_config(default).data.source == "sample"
+    assert load_config(default, ["data.path=views.csv"]).data.source == "file"
+    assert load_config(default, ["data.tfds_name=movielens/100k-ratings"]).data.source == "tfds"
+    assert load_config(default, ["data.path=views.csv", "data.source=sample"]).data.source == "sample"  # said wins
+
+
 def test_builders_refuse_unknown_arguments_and_the_task_passes_each_all_of_its_own():
     import inspect
 
@@ -318,7 +358,7 @@ def test_builders_refuse_unknown_arguments_and_the_task_passes_each_all_of_its_o
 
 def test_pretraining_is_checked_in_the_config():
     with pytest.raises(ConfigError, match="give both"):
-        load_config(CONFIGS / "recommender.yaml", ["model.pretrain_gmf=exports/x"])
+        load_config(CONFIGS / "recommender_neumf.yaml", ["model.pretrain_gmf=exports/x"])
     with pytest.raises(ConfigError, match="only when `model.name` is `neumf`"):
         load_config(CONFIGS / "recommender_gmf.yaml", ["model.pretrain_gmf=a", "model.pretrain_mlp=b"])
 
@@ -337,7 +377,7 @@ def trained(tmp_path_factory):
     try:
         gmf = train(load_config(CONFIGS / "smoke" / "recommender_gmf.yaml", common))
         mlp = train(load_config(CONFIGS / "smoke" / "recommender_mlp.yaml", common))
-        neumf_cfg = load_config(CONFIGS / "smoke" / "recommender.yaml",
+        neumf_cfg = load_config(CONFIGS / "smoke" / "recommender_neumf.yaml",
                                 common + [f"model.pretrain_gmf={gmf.export_dir}", f"model.pretrain_mlp={mlp.run_id}"])
         neumf = train(neumf_cfg)
         data = load_data(neumf_cfg, workdir / "runs" / "reload")
@@ -359,7 +399,7 @@ def test_neumf_starts_from_the_pretrained_gmf_and_mlp(trained, monkeypatch):
 
 def test_pretraining_from_another_split_is_refused(trained, monkeypatch):
     monkeypatch.chdir(trained["workdir"])
-    cfg = load_config(CONFIGS / "smoke" / "recommender.yaml", [
+    cfg = load_config(CONFIGS / "smoke" / "recommender_neumf.yaml", [
         f"data.sample_dir={trained['workdir'] / 'sample'}", "data.split_seed=5", "model.factors=4", "model.mlp_layers=[16, 8]",
         f"model.pretrain_gmf={trained['gmf'].export_dir}", f"model.pretrain_mlp={trained['mlp'].export_dir}"])
     data = load_data(cfg, trained["workdir"] / "runs" / "y")

@@ -51,3 +51,18 @@ def test_without_max_minutes_the_schedule_is_keras_own():
     assert isinstance(loop.make_schedule(cfg.train, 4), keras.optimizers.schedules.CosineDecay)
     cfg.train.max_minutes = 1.0
     assert isinstance(loop.make_schedule(cfg.train, 4), loop.BudgetedCosine)
+
+
+def test_a_slow_epoch_early_on_neither_ends_the_run_early_nor_runs_it_past_the_budget():
+    import tensorflow as tf
+
+    cfg = load_config(CONFIGS / "smoke" / "recommender.yaml", ["train.epochs=100", "train.max_minutes=5"])
+    budget = loop.TimeBudget(cfg.train, 10, None, tf.distribute.get_strategy(), [])
+    times = [40.0, 60.0] + [20.0] * 100  # tracing, one slow epoch (the machine busy), then steady ones
+    epochs = 0
+    while not budget.done(epochs):
+        epochs += 1
+        budget.after_epoch(epochs, times[epochs - 1])
+    # Planned after the slow epoch alone, it would stop after 5 epochs (140 s of 300).
+    assert 300 - 30 <= budget.spent <= 300, (epochs, budget.spent)  # at most about an epoch left unused
+    assert budget.planned == epochs

@@ -16,6 +16,7 @@ from conftest import CONFIGS, serve_mlflow, stop_mlflow_server
 from training.cli import main
 
 RECOMMENDER = str(CONFIGS / "smoke" / "recommender.yaml")
+NEUMF = str(CONFIGS / "smoke" / "recommender_neumf.yaml")  # its tower is a swept key; its own lr 1e-3, monitor HR@10
 
 
 def write_space(path: Path, text: str) -> str:
@@ -128,9 +129,9 @@ fixed:
   train.epochs: 3
 pruner: none
 """)
-    assert tune(RECOMMENDER, "--space", space, "--trials", 4, "--set", f"tracking.uri={store(workdir)}") == 0
+    assert tune(NEUMF, "--space", space, "--trials", 4, "--set", f"tracking.uri={store(workdir)}") == 0
     out = capsys.readouterr().out
-    study = _study(workdir)
+    study = _study(workdir, "recommender-neumf-smoke")
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert trials[0].params == {"train.learning_rate": 1e-3, "model.factors": 4, "model.mlp_layers": "[16, 8]"}  # the config's own
@@ -139,13 +140,13 @@ pruner: none
     client, parents, children = _runs(store(workdir))
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "recommender-smoke-tune"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "recommender-neumf-smoke-tune"
     by_trial = {int(r.data.tags["reelml.tune.trial"]): r for r in children}
     assert sorted(by_trial) == [0, 1, 2, 3]
     for t in trials:
         run = by_trial[t.number]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
-        assert run.data.tags["reelml.tune.study"] == "recommender-smoke"
+        assert run.data.tags["reelml.tune.study"] == "recommender-neumf-smoke"
         assert run.data.tags["reelml.tune.params.train.learning_rate"] == str(t.params["train.learning_rate"])
         assert run.data.tags["reelml.tune.params.model.mlp_layers"] == str(json.loads(t.params["model.mlp_layers"]))
         assert run.data.params["train.learning_rate"] == str(t.params["train.learning_rate"])  # a normal run's params
@@ -162,10 +163,10 @@ pruner: none
     table = Path(client.download_artifacts(parent.info.run_id, "tune/trials.csv", str(workdir))).read_text().splitlines()
     assert len(table) == 5 and table[0].startswith("number,state,value,train.learning_rate")
 
-    best_yaml = workdir / "runs" / "recommender-smoke" / "tune" / "best.yaml"
+    best_yaml = workdir / "runs" / "recommender-neumf-smoke" / "tune" / "best.yaml"
     assert f"reelml train {best_yaml.relative_to(workdir)}" in out
     cfg = load_config(best_yaml)
-    assert cfg.name == "recommender-smoke" and cfg.export.enabled and cfg.train.epochs == 3
+    assert cfg.name == "recommender-neumf-smoke" and cfg.export.enabled and cfg.train.epochs == 3
     assert cfg.train.learning_rate == best.params["train.learning_rate"]
     assert cfg.model.mlp_layers == json.loads(best.params["model.mlp_layers"])
     result = train(cfg)  # the best trial again, as a user runs it: its metric, and now its test metrics
@@ -191,8 +192,8 @@ pruner: median
 pruner_startup_trials: 2
 pruner_warmup_epochs: 0
 """)
-    assert tune(RECOMMENDER, "--space", space, "--trials", 3, "--set", f"tracking.uri={store(workdir)}") == 0
-    trials = _study(workdir).get_trials()
+    assert tune(NEUMF, "--space", space, "--trials", 3, "--set", f"tracking.uri={store(workdir)}") == 0
+    trials = _study(workdir, "recommender-neumf-smoke").get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
     hopeless = trials[2]
     assert hopeless.params["train.learning_rate"] == pytest.approx(1e-7)

@@ -142,7 +142,7 @@ class Loop:
             self.train_metrics = [keras.metrics.Mean(name="loss")] + make_metrics()
             self.eval_metrics = [keras.metrics.Mean(name="loss")] + (make_eval_metrics or make_metrics)()
 
-        def replica_train_step(x, y):
+        def replica_gradients(x, y):
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
                 per_example = loss_fn(y, y_pred)
@@ -150,7 +150,15 @@ class Loop:
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, model.trainable_variables)
+            return tape.gradient(scaled, model.trainable_variables), per_example, y_pred
+
+        if jit_compile:
+            # XLA compiles the forward and backward pass. The update, with its all-reduce across replicas, stays
+            # outside: XLA has no CPU collectives, and this way one XLA program serves one device and many.
+            replica_gradients = tf.function(replica_gradients, jit_compile=True)
+
+        def replica_train_step(x, y):
+            grads, per_example, y_pred = replica_gradients(x, y)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             self.train_metrics[0].update_state(per_example)
             for metric in self.train_metrics[1:]:
@@ -162,8 +170,7 @@ class Loop:
             for metric in self.eval_metrics[1:]:
                 metric.update_state(y, y_pred)
 
-        if jit_compile:  # XLA compiles the per-replica step; otherwise it is traced inline (one call less per step)
-            replica_train_step = tf.function(replica_train_step, jit_compile=True)
+        if jit_compile:  # otherwise traced inline (one call less per step)
             replica_eval_step = tf.function(replica_eval_step, jit_compile=True)
 
         # Metric results are computed inside the compiled call, as model.fit does: no extra
@@ -230,9 +237,10 @@ clock = time.monotonic
 class TimeBudget:
     """`train.max_minutes`: training time that ends the run, and that the cosine schedule spans.
 
-    After the first epoch (which includes tracing) and again after the second (steady steps), the epochs
-    that fit in what is left of the budget are planned, at most `train.epochs`, and the schedule is moved to
-    end with them; no epoch starts once they are done. The time spent and the plan are logged with every
+    After every epoch, the epochs that fit in what is left of the budget are planned, at most `train.epochs`,
+    and the schedule is moved to end with them; no epoch starts once they are done. An epoch's expected
+    time is the first epoch's (which includes tracing) until there are others, then the mean of the others,
+    so one slow epoch on a busy machine neither ends the run early nor runs it past the budget. The time spent and the plan are logged with every
     epoch (`train_seconds`, `planned_epochs`) and so restored with the checkpoint: a resumed run keeps the
     time it already spent (an epoch interrupted part-way is not counted). On many workers the epoch's time
     is their mean, so every worker plans and stops alike.
@@ -243,18 +251,23 @@ class TimeBudget:
         self.schedule = schedule if isinstance(schedule, BudgetedCosine) else None
         last = history[-1] if history else {}
         self.spent = float(last.get("train_seconds", 0.0))
+        spent = [float(h["train_seconds"]) for h in history if "train_seconds" in h]
+        self.times = [b - a for a, b in zip([0.0] + spent, spent)]  # each epoch's seconds, restored ones first
         self.planned = int(last.get("planned_epochs", self.epochs))
         if self.schedule is not None:
             self.schedule.plan(self.planned * steps_per_epoch)
         self._mean = tf.function(lambda v: strategy.reduce("MEAN", strategy.run(tf.identity, args=(v,)), axis=None))
 
     def after_epoch(self, epoch: int, seconds: float) -> dict:
-        """Counts an epoch (1-based) of `seconds`; re-plans after the first two. Returns what to log."""
+        """Counts an epoch (1-based) of `seconds` and re-plans. Returns what to log."""
         seconds = float(self._mean(tf.constant(seconds, tf.float32)))
         self.spent += seconds
-        if epoch <= 2:
-            fit = int((self.seconds - self.spent) // max(seconds, 1e-6))
-            self.planned = max(epoch, min(self.epochs, epoch + fit))
+        self.times.append(seconds)
+        steady = self.times[1:] or self.times
+        fit = int((self.seconds - self.spent) // max(sum(steady) / len(steady), 1e-6))
+        planned = max(epoch, min(self.epochs, epoch + fit))
+        if planned != self.planned:
+            self.planned = planned
             if self.schedule is not None:
                 self.schedule.plan(self.planned * self.steps)
         return {"train_seconds": self.spent, "planned_epochs": float(self.planned)}

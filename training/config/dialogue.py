@@ -51,6 +51,12 @@ class DialogueData(Section):
     min_count: int = Field(1, ge=1, description="Tokens seen fewer times in the training text become the unknown token.")
     seq_len: int = Field(100, ge=2, le=10000, description="Tokens per training window (truncated backpropagation through time).")
     batch_size: int = Field(64, ge=1, description="Windows per batch, split across replicas.")
+    stateful: bool = Field(
+        False, description="Read the text as `batch_size` parallel streams and carry the recurrent state from each window "
+        "to the next (stateful truncated backpropagation: context past `seq_len`), reset at each epoch's start; "
+        "validation is read the same way, its state carried through the validation text. False: independent windows, "
+        "each from a zero state, shuffled."
+    )
 
     @model_validator(mode="after")
     def _source_needs(self):

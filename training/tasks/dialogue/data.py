@@ -4,6 +4,11 @@ Training windows are `seq_len` tokens and their next tokens, cut at a new
 random offset and shuffled every epoch (seeded, through `training.epochs`);
 validation windows are consecutive. Batches are `(tokens int32 [B, T], next
 tokens int32 [B, T])`.
+
+With `data.stateful`, training and validation text are read instead as B
+parallel streams (`stream_dataset`): row b of every batch continues row b of
+the batch before, and batches are `({"tokens": [B, T], "reset": bool [B]},
+next tokens [B, T])`, `reset` marking where a stream starts.
 """
 
 from __future__ import annotations
@@ -41,6 +46,39 @@ def train_dataset(ids: np.ndarray, seq_len: int, batch_size: int, seed: int) -> 
         return tf.data.Dataset.from_tensor_slices(starts).batch(batch_size, drop_remainder=True).map(cut, num_parallel_calls=AUTOTUNE)
 
     return epoch_seeds(seed).flat_map(epoch).prefetch(AUTOTUNE)
+
+
+def stream_dataset(ids: np.ndarray, seq_len: int, rows: int, seed: int | None) -> tuple[tf.data.Dataset, int]:
+    """Batches of `rows` parallel streams through the text, for stateful training and validation.
+
+    The text (from an offset drawn anew every epoch when `seed` is given, else from its start) is cut into
+    `rows` contiguous streams of equal length; batch j holds the j-th window of `seq_len` tokens of every
+    stream, so each row continues the row before it. `reset` is true in an epoch's first batch only.
+
+    Returns:
+        `(dataset, steps)`: batches `({"tokens": [rows, T], "reset": [rows]}, next tokens [rows, T])` and the
+        batches per pass. With a seed, the dataset repeats for every epoch (through `training.epochs`).
+    """
+    slack = seq_len if seed is not None else 0  # room for the epoch's random offset
+    length = (len(ids) - 1 - slack) // rows  # tokens per stream
+    window = min(seq_len, length)
+    steps = length // window
+    tokens = tf.constant(ids)
+    starts = tf.range(rows, dtype=tf.int64) * length
+    positions = tf.range(window + 1, dtype=tf.int64)
+
+    def cut(offset, j):
+        w = tf.gather(tokens, offset + starts[:, None] + j * window + positions[None, :])
+        return {"tokens": w[:, :-1], "reset": tf.fill([rows], tf.equal(j, 0))}, w[:, 1:]
+
+    def epoch(offset):
+        return tf.data.Dataset.range(steps).map(lambda j: cut(offset, j), num_parallel_calls=AUTOTUNE)
+
+    if seed is None:
+        return epoch(tf.constant(0, tf.int64)).cache().prefetch(AUTOTUNE), steps
+    offsets = epoch_seeds(seed).map(
+        lambda epoch_seed: tf.random.stateless_uniform([], tf.stack([epoch_seed, 0]), maxval=slack, dtype=tf.int64))
+    return offsets.flat_map(epoch).prefetch(AUTOTUNE), steps
 
 
 def eval_windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +141,17 @@ def load_data(cfg, run_dir) -> Data:
     if len(val_ids) >= 2:
         val_windows = eval_windows(val_ids, d.seq_len)
         validation = tf.data.Dataset.from_tensor_slices(val_windows).batch(d.batch_size).cache().prefetch(AUTOTUNE)
+    if d.stateful:
+        train, train_steps = stream_dataset(train_ids, d.seq_len, d.batch_size, cfg.seed)
+        validation = None
+        if len(val_ids) > d.batch_size:  # one token per stream at least, and the one after it
+            validation, _ = stream_dataset(val_ids, d.seq_len, d.batch_size, None)
+        elif len(val_ids) >= 2:
+            raise UserError(f"data ({origin}): data.stateful reads the validation text as data.batch_size "
+                            f"({d.batch_size}) streams, but it has only {len(val_ids)} {d.level} tokens; "
+                            "raise data.validation_split or lower data.batch_size")
+    else:
+        train, train_steps = train_dataset(train_ids, d.seq_len, d.batch_size, cfg.seed), windows // d.batch_size
     counts = {"chars": len(text), "train_chars": len(train_text), "validation_chars": len(val_text),
               "train_tokens": len(train_ids), "validation_tokens": len(val_ids), "vocab_size": len(vocabulary) + 1,
               "train_unknown_tokens": int((train_ids == 0).sum()), "validation_unknown_tokens": int((val_ids == 0).sum())}
@@ -113,10 +162,10 @@ def load_data(cfg, run_dir) -> Data:
     print(f"Dialogue data ({origin}): {len(text):,} characters; {len(train_ids):,} training and {len(val_ids):,} validation "
           f"{d.level} tokens; vocabulary {len(vocabulary) + 1} (unknown token included)", flush=True)
     return Data(
-        train=train_dataset(train_ids, d.seq_len, d.batch_size, cfg.seed),
+        train=train,
         validation=validation,
         test=None,
-        train_steps=windows // d.batch_size,
+        train_steps=train_steps,
         vocabulary=vocabulary,
         level=d.level,
         val_windows=val_windows,

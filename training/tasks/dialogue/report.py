@@ -3,7 +3,9 @@
 - `SampleLogger` (the `epoch_callbacks` hook) logs `samples/epoch_NNN.txt` to
   MLflow: the continuations of `samples.prompts`;
 - `report`: the validation loss by position in the window (how much the model
-  gains from context), as a metric and the figure `loss_by_position.png`.
+  gains from context), as a metric and the figure `loss_by_position.png`; the
+  validation loss read both ways, windows from a zero state and streams with
+  the state carried.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.tasks.dialogue.data import Data
+from models.dialogue_rnn import state_sizes, stream_model
+from training.tasks.dialogue.data import Data, stream_dataset
+from training.tasks.dialogue.model import language_model
 from training.tasks.dialogue.serving import make_generator
 
 
@@ -67,13 +71,14 @@ def report(cfg, model, data: Data):
         data: the run's `Data` (its `val_windows`).
 
     Returns:
-        `(metrics, figures)`: `{"val_loss_second_half": float}` and `{"loss_by_position.png": figure}`; both
-        empty without validation text.
+        `(metrics, figures)`: `{"val_loss_second_half", "val_window_loss", "val_stream_loss"}` and
+        `{"loss_by_position.png": figure}`; both empty without validation text.
     """
     if data.val_windows is None:
         return {}, {}
     x, y = data.val_windows
-    forward = tf.function(lambda t: model(t, training=False))
+    plain = language_model(model)  # each window from a zero state, stateful or not: the loss by position
+    forward = tf.function(lambda t: plain(t, training=False))
     totals = np.zeros(x.shape[1])
     for start in range(0, len(x), cfg.data.batch_size):
         logits = forward(tf.constant(x[start:start + cfg.data.batch_size]))
@@ -81,8 +86,28 @@ def report(cfg, model, data: Data):
         totals += np.asarray(nats).sum(axis=0)
     by_position = totals / len(x)
     half = len(by_position) // 2
-    metrics = {"val_loss_second_half": float(by_position[half:].mean())}
+    # `val_window_loss`: every window from a zero state, as a model without `data.stateful` is measured;
+    # `val_stream_loss`: the state carried through the validation text, as a stateful run's `val_loss` is.
+    # Both for every run, so a stateful and a stateless model compare on either.
+    metrics = {"val_loss_second_half": float(by_position[half:].mean()), "val_window_loss": float(by_position.mean()),
+               "val_stream_loss": stream_loss(plain, np.r_[x.reshape(-1), y[-1, -1:]], cfg.data.seq_len,
+                                              cfg.data.batch_size)}
     return metrics, {"loss_by_position.png": loss_by_position_figure(by_position, data.level)}
+
+
+def stream_loss(model, ids: np.ndarray, seq_len: int, rows: int) -> float:
+    """Mean cross-entropy per token of `ids` read as `rows` parallel streams, the state carried across windows
+    (as `data.stateful` validates); the streams shrink to fit a short text."""
+    rows = max(1, min(rows, (len(ids) - 1) // 2))
+    dataset, _ = stream_dataset(ids, seq_len, rows, None)
+    forward = tf.function(stream_model(model))
+    states = [tf.zeros([rows, size]) for sizes in state_sizes(model) for size in sizes]
+    total, count = 0.0, 0
+    for x, y in dataset:
+        logits, *states = forward([x["tokens"], *states])
+        total += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.cast(logits, tf.float32))))
+        count += int(tf.size(y))
+    return total / count
 
 
 def loss_by_position_figure(by_position, level):

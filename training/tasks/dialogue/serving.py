@@ -178,8 +178,11 @@ def _gumbel(keys, token_keys):
 
 
 def make_generator(cfg, model, data: Data) -> Generator:
-    """The `Generator` of a trained model, with the run's vocabulary and generation limit."""
-    return Generator(model, data.vocabulary, data.level, cfg.data.lowercase, cfg.samples.max_tokens_limit)
+    """The `Generator` of a trained model (its plain language model, when trained stateful), with the run's
+    vocabulary and generation limit."""
+    from training.tasks.dialogue.model import language_model
+
+    return Generator(language_model(model), data.vocabulary, data.level, cfg.data.lowercase, cfg.samples.max_tokens_limit)
 
 
 def serving_endpoints(cfg, model, data: Data):

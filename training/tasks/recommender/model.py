@@ -38,16 +38,34 @@ def build_model(cfg, data) -> keras.Model:
     return model
 
 
+def logits_of(probabilities):
+    """The logits behind a model's sigmoid output: read from the graph when the sigmoid is the last op, else log-odds."""
+    if getattr(probabilities, "op", None) is not None and probabilities.op.type == "Sigmoid":
+        return probabilities.op.inputs[0]
+    p = tf.clip_by_value(probabilities, 1e-7, 1 - 1e-7)
+    return tf.math.log(p) - tf.math.log1p(-p)
+
+
 def make_loss(cfg, data):
-    """Binary cross-entropy per user row (mean over its candidates), times the positive's weight.
+    """The training loss of `model.loss` per user row, times the positive's weight.
+
+    `bce`: binary cross-entropy, the mean over the row's candidates. `softmax`:
+    cross-entropy of one softmax over the row (the positive first, then its
+    sampled negatives), so the positive is pushed above exactly the items it is
+    ranked against.
 
     Returns:
         `loss(relevance [B, C], probabilities [B, C])` -> `[B]`.
     """
+    softmax = cfg.model.loss == "softmax"
 
     def loss(relevance, y_pred):
         relevance = tf.cast(relevance, tf.float32)
+        weight = tf.reduce_max(relevance, axis=-1)
         labels = tf.cast(relevance > 0, tf.float32)
-        return keras.losses.binary_crossentropy(labels, tf.cast(y_pred, tf.float32)) * tf.reduce_max(relevance, axis=-1)
+        if softmax:
+            logits = tf.cast(logits_of(y_pred), tf.float32)
+            return tf.nn.softmax_cross_entropy_with_logits(labels / tf.reduce_sum(labels, -1, keepdims=True), logits) * weight
+        return keras.losses.binary_crossentropy(labels, tf.cast(y_pred, tf.float32)) * weight
 
     return loss
