@@ -40,6 +40,7 @@ from training import hardware, loop  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.tasks import images  # noqa: E402
 from training.tasks.frames import TASK as frames  # noqa: E402
+from training.tasks.frames.mixing import mixed_batches  # noqa: E402
 
 
 def model_flops(model, input_size):
@@ -188,10 +189,12 @@ def main():
     pixels, labels = [], []
     for x, y in data.train.unbatch().batch(4096):
         pixels.append(tf.cast(x, tf.uint8).numpy())
-        labels.append(y.numpy())
+        labels.append(tf.cast(tf.argmax(y, -1) if y.shape.rank == 2 else y, tf.int32).numpy())  # mixed: shares
     pixels, labels = np.concatenate(pixels), np.concatenate(labels)
     in_memory = images.batched(tf.data.Dataset.from_tensor_slices((pixels, labels)), cfg.data.batch_size,
                                min(cfg.data.shuffle_buffer, len(labels)), cfg.seed)
+    # The same MixUp/CutMix as the file pipeline's (`data.mixup`, `data.cutmix`), so both sides do the same work.
+    in_memory = mixed_batches(in_memory, len(data.class_names), cfg.data.mixup, cfg.data.cutmix, cfg.seed)
     time_reelml_epoch(ours, in_memory, steps)
     files_t, mem_t = [], []
     for _ in range(args.repeats):

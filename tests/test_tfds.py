@@ -57,7 +57,9 @@ def test_mock_data_for_a_catalogue_name(workdir):
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
         data = load_data(cfg, workdir / "run")
     assert data.class_names == ["rock", "paper", "scissors"]
-    x, y = next(iter(data.train))
+    x, y = next(iter(data.train))  # the recipe's CutMix/MixUp: labels are class shares
+    assert x.shape[1:] == (32, 32, 3) and x.dtype == tf.float32 and y.shape[1:] == (3,) and y.dtype == tf.float32
+    x, y = next(iter(data.validation))
     assert x.shape[1:] == (32, 32, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
 
 

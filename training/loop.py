@@ -88,13 +88,15 @@ def make_schedule(train_cfg, steps_per_epoch: int):
 def make_optimizer(train_cfg, steps_per_epoch: int, precision: str, schedule=None):
     """The Keras optimizer with its learning-rate schedule (`schedule`, else `make_schedule`), from `train.*`."""
     lr = make_schedule(train_cfg, steps_per_epoch) if schedule is None else schedule
-    clip = {"clipnorm": train_cfg.clipnorm} if train_cfg.clipnorm else {}
+    extra = {"clipnorm": train_cfg.clipnorm} if train_cfg.clipnorm else {}
+    if train_cfg.ema_momentum is not None:
+        extra.update(use_ema=True, ema_momentum=train_cfg.ema_momentum)
     if train_cfg.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay, **clip)
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay, **extra)
     elif train_cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(lr, **clip)
+        optimizer = keras.optimizers.Adam(lr, **extra)
     else:
-        optimizer = keras.optimizers.SGD(lr, momentum=train_cfg.momentum, **clip)
+        optimizer = keras.optimizers.SGD(lr, momentum=train_cfg.momentum, **extra)
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -221,6 +223,29 @@ class Loop:
             if float(logs["stop"]) > 0 and done < steps:
                 return {"stopped_at": done}
         return {k: float(v) for k, v in logs.items() if k != "stop"}
+
+    @property
+    def _averages(self):
+        """The optimizer's moving averages of the trainable weights (`train.ema_momentum`), or None."""
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # under loss scaling
+        return getattr(optimizer, "_model_variables_moving_average", None) if optimizer.use_ema else None
+
+    def swap_averaged_weights(self) -> None:
+        """Exchanges the trainable weights with their moving averages (`train.ema_momentum`); twice undoes it.
+
+        Validation swaps them in and back, so it measures the averaged weights while training goes on
+        from its own (and a checkpoint holds both, each in its place).
+        """
+        for variable, average in zip(self.model.trainable_variables, self._averages or ()):
+            if average is not None:
+                held = keras.ops.copy(variable.value)
+                variable.assign(average.value)
+                average.assign(held)
+
+    def adopt_averaged_weights(self) -> None:
+        """Sets the trainable weights to their moving averages for good: what is tested, reported and exported."""
+        if self._averages is not None:
+            getattr(self.optimizer, "inner_optimizer", self.optimizer).finalize_variable_values(self.model.trainable_variables)
 
     def evaluate(self, dataset, prefix="") -> dict:
         for metric in self.eval_metrics:
@@ -370,7 +395,9 @@ def fit(loop: Loop, data, train_cfg, checkpoints, callbacks=(), on_epoch_end=Non
                 raise Preempted(f"preempted (SIGTERM) at step {logs['stopped_at']} of epoch {epoch + 1}; checkpoint saved")
             start_step = 0
             if val_ds is not None:
+                loop.swap_averaged_weights()  # validation measures what would be exported (a no-op without EMA)
                 logs.update(loop.evaluate(val_ds, prefix="val_"))
+                loop.swap_averaged_weights()
             if budget is not None:
                 logs.update(budget.after_epoch(epoch + 1, clock() - started))
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(loop.optimizer.learning_rate))

@@ -154,6 +154,7 @@ def train(cfg: RunConfig, fresh: bool = False, tags: dict | None = None, on_epoc
             if cfg.train.restore_best and data.validation is not None:
                 hardware.barrier(strategy)  # the chief has written the best epoch before anyone reads it
                 checkpoints.restore_best()
+            steps.adopt_averaged_weights()  # train.ema_momentum: the averaged weights are the model from here on
             test_metrics = {}
             if data.test is not None:
                 test_metrics = steps.evaluate(strategy.experimental_distribute_dataset(data.test), prefix="test_")
@@ -235,6 +236,7 @@ def _restore(cfg: RunConfig):
             b.checkpoints.restore_best()
     except CheckpointMismatch as e:
         raise _name_changed_keys(run_dir, cfg, e) from None
+    b.steps.adopt_averaged_weights()
     return b.task, b.data, b.model, b.steps, history, state.get("run_id")
 
 

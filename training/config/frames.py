@@ -73,6 +73,20 @@ class FramesData(Section):
         return self
 
 
+class ClassifierData(FramesData):
+    """Where the frames come from, how they are read, and how the classifier's training batches are mixed."""
+
+    mixup: float = Field(
+        0.0, ge=0.0, le=10.0, description="MixUp: each training batch blends its frames, and their labels, with those of a "
+        "shuffled copy, in a share drawn from Beta(mixup, mixup) (0.2-0.4 is usual); 0: off."
+    )
+    cutmix: float = Field(
+        0.0, ge=0.0, le=10.0, description="CutMix: each training batch pastes a box of another frame into every frame, labels "
+        "mixed by its area, drawn from Beta(cutmix, cutmix) (1.0 is usual); 0: off. With `mixup` too, each batch gets one of "
+        "the two, at even odds."
+    )
+
+
 # The Keras applications `model.backbone` names (`models/backbone.py`, `BACKBONES`), and the smallest frame they take.
 BACKBONE_NAMES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "resnet50_v2", "convnext_tiny")
 BACKBONE_MIN_INPUT_SIZE = 32
@@ -175,5 +189,5 @@ class FramesRun(RunConfig):
     """A frame-classification run (`task: frames`)."""
 
     task: Literal["frames"] = Field("frames", description="Classify video frames.")
-    data: FramesData = Field(default_factory=FramesData, description="Input data.")
+    data: ClassifierData = Field(default_factory=ClassifierData, description="Input data.")
     model: FrameCNNModel = Field(default_factory=FrameCNNModel, description="Architecture.")

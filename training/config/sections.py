@@ -72,6 +72,11 @@ class Train(Section):
     l2: float = Field(0.0, ge=0.0, lt=1.0, description="L2 regularisation added to the loss for every kernel.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the classification loss.")
     clipnorm: Optional[float] = Field(None, gt=0.0, description="Clip each gradient to this norm (unset: no clipping).")
+    ema_momentum: Optional[float] = Field(
+        None, gt=0.0, lt=1.0, description="Keep an exponential moving average of the weights, updated every step with this "
+        "momentum (Keras' `use_ema`, e.g. 0.99): it is what validation measures, what the best epoch keeps and what is "
+        "tested and exported; steadier than the last step's weights. Unset: the weights as trained."
+    )
     monitor: str = Field(
         "val_loss", pattern=r"^[A-Za-z0-9_]+$",
         description="Epoch metric that picks the best epoch and drives early stopping, e.g. `val_hr_at_10` (always a "

@@ -2,7 +2,9 @@
 
 Each split is decoded, resized and cached once (`training/tasks/images.py`); batches
 are `(float32 pixels [batch, size, size, 3] in [0, 255], int32 label [batch])`, the
-training batches reshuffled every epoch.
+training batches reshuffled every epoch. With `data.mixup` or `data.cutmix`, the
+training batches are mixed (`mixing.py`) and their labels are class shares
+`[batch, classes]`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from training.errors import UserError
 from training.tasks import images
 from training.tasks.base import TaskData
+from training.tasks.frames.mixing import mixed_batches
 
 
 @dataclasses.dataclass
@@ -42,7 +45,8 @@ def load_data(cfg, run_dir) -> Data:
     d = cfg.data
     if d.source == "tfds":
         t = images.load_tfds(cfg)
-        return Data(train=t.train, validation=t.validation, test=t.test, train_steps=t.train_steps,
+        return Data(train=mixed_batches(t.train, len(t.class_names), d.mixup, d.cutmix, cfg.seed),
+                    validation=t.validation, test=t.test, train_steps=t.train_steps,
                     fingerprint=t.fingerprint, counts=t.counts, class_names=t.class_names)
     train_dir, test_dir = images.frame_folders(d)
     by_class = images.list_class_folders(train_dir, "data.train_dir")
@@ -64,7 +68,8 @@ def load_data(cfg, run_dir) -> Data:
                                           d, Path(run_dir) / "cache")
     all_files = [p for files in by_class.values() for p in files]
     return Data(
-        train=images.batched(splits["train"], d.batch_size, min(d.shuffle_buffer, counts["train"]), cfg.seed),
+        train=mixed_batches(images.batched(splits["train"], d.batch_size, min(d.shuffle_buffer, counts["train"]), cfg.seed),
+                            len(class_names), d.mixup, d.cutmix, cfg.seed),
         validation=images.batched(splits["validation"], d.batch_size),
         test=images.batched(splits["test"], d.batch_size),
         train_steps=-(-counts["train"] // d.batch_size),

@@ -160,17 +160,29 @@ def make_loss(cfg, data):
     """Per-example cross-entropy (label smoothing needs one-hot targets).
 
     Returns:
-        `loss(int labels [batch], probabilities [batch, classes])` -> losses `[batch]`.
+        `loss(labels, probabilities [batch, classes])` -> losses `[batch]`; labels are int `[batch]`, or class
+        shares `[batch, classes]` (mixed training batches, `data.mixup`/`data.cutmix`).
     """
     crossentropy = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing, reduction=None)
     num_classes = len(data.class_names)
 
     def loss(y_true, y_pred):
+        if y_true.shape.rank == 2:
+            return crossentropy(y_true, y_pred)
         return crossentropy(tf.one_hot(tf.cast(y_true, tf.int32), num_classes), y_pred)
 
     return loss
 
 
+class Accuracy(keras.metrics.SparseCategoricalAccuracy):
+    """Accuracy against int labels, or against the largest share of mixed labels `[batch, classes]`."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if y_true.shape.rank == 2:
+            y_true = tf.argmax(y_true, axis=-1)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+
 def make_metrics(cfg, data) -> list:
     """Accuracy, the one metric of training, validation and test batches."""
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    return [Accuracy(name="accuracy")]
